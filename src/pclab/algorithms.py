@@ -1,0 +1,290 @@
+"""Predictive-coding algorithms: schedules that combine the inference and learning rules.
+
+Each algorithm is a small frozen dataclass with one method, ``run(problem,
+optimizer) -> Outcome``. They differ only in *when* predictions are computed and
+*which* rule moves what:
+
+======================  =====================  =========================================
+algorithm               predictions            what it computes
+======================  =====================  =========================================
+:class:`Exact`          forward values (FPA)   one reverse-topological sweep, step 1 (Z-IL):
+                                               errors equal backprop's gradients exactly
+:class:`FPA`            forward values (FPA)   ``steps`` Jacobi steps of size ``step_size``;
+                                               converges to backprop (Millidge et al. 2020)
+:class:`PC`             recomputed every step  energy descent on values, then one weight
+                                               step (prospective configuration, Song 2024)
+:class:`Incremental`    recomputed every step  values and weights move together at every
+                                               tick (iPC, Salvatori et al. ICLR 2024)
+======================  =====================  =========================================
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from . import inference, learning
+from .energy import OutputLoss, output_error
+from .errors import DivergenceError
+from .graph import OUTPUT, CapturedGraph, Replay
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One batch, ready for inference: the captured graph, inputs and prepared target."""
+
+    graph: CapturedGraph
+    model: nn.Module
+    inputs: tuple[Any, ...]
+    target: Tensor
+    loss: OutputLoss
+    params: list[nn.Parameter]
+
+    @property
+    def batch_size(self) -> int:
+        return self.target.shape[0]
+
+
+@dataclass
+class Outcome:
+    """What an algorithm leaves behind; the engine checks it and writes the gradients.
+
+    ``trace[t]`` holds the batch-mean energy of every value node (output's loss last)
+    at evaluation ``t``, the initial state first. ``grads`` is ``None`` when the
+    algorithm already applied its gradients (incremental PC).
+    """
+
+    output: Tensor
+    loss_sum: Tensor
+    errors: list[Tensor]
+    trace: Tensor
+    grads: learning.GradList | None
+
+
+class Algorithm(Protocol):
+    name: ClassVar[str]
+
+    def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None) -> Outcome: ...
+
+
+def raise_if_diverged(graph: CapturedGraph, trace: Tensor, grads: learning.GradList) -> None:
+    """Raise :class:`DivergenceError` naming the first node and step that went non-finite.
+
+    One host sync for the whole check: energies are finite exactly when errors and
+    the loss are, so the trace stands in for every error tensor.
+    """
+    present = [d for d in grads if d is not None]
+    norms = torch.stack(torch._foreach_norm(present)) if present else trace.new_zeros(0)
+    if bool(torch.isfinite(trace).all() & torch.isfinite(norms).all()):
+        return
+    names = [*graph.names, OUTPUT]
+    bad = (~torch.isfinite(trace)).nonzero()
+    if len(bad):
+        step, node = (int(i) for i in bad[0])
+        raise DivergenceError(
+            f"non-finite energy at node {names[node]!r} ({graph.origin.get(names[node], 'loss')}) "
+            f"at inference step {step}; no gradient was written. Fix: lower step_size or the "
+            "learning rate, or check the model for overflow.", node=names[node], step=step)
+    raise DivergenceError("non-finite weight gradient; no gradient was written. Fix: lower the "
+                          "learning rate or step_size.", node="parameters", step=len(trace) - 1)
+
+
+_schedule = functools.lru_cache(maxsize=128)(inference.frontier_schedule)
+
+
+def _check_steps(steps: int, step_size: float) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
+    if not (isinstance(step_size, (int, float)) and 0 < step_size < float("inf")):
+        raise ValueError(f"step_size must be a positive finite number; got {step_size!r}")
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Z-IL: errors swept from the output to the inputs once, with unit step.
+
+    Processing nodes in reverse topological order with ``eta = 1`` sets every error
+    to ``e_i = sum_j J_ji^T e_j`` from already-final children, which is the chain
+    rule; autograd's engine runs exactly this sweep, so one VJP through the
+    uncut forward graph gives every node's error and every weight's update.
+    """
+
+    name: ClassVar[str] = "exact"
+
+    def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
+        g, B = problem.graph, problem.batch_size
+        out, *values = g.forward_with_values(*problem.inputs)
+        loss_sum = problem.loss.per_example(out, problem.target).sum()
+        grads = torch.autograd.grad(loss_sum, [*values, *problem.params], allow_unused=True)
+        errors = [torch.zeros_like(v) if d is None else -d for d, v in zip(grads, values)]
+        start = inference.node_energies([torch.zeros_like(e) for e in errors], loss_sum, B)
+        trace = torch.stack([start, inference.node_energies(errors, loss_sum, B)])
+        weight_grads = [None if d is None else d / B for d in grads[len(values):]]
+        return Outcome(out.detach(), loss_sum.detach(), errors, trace, weight_grads)
+
+
+@dataclass(frozen=True)
+class FPA:
+    """Fixed-prediction assumption (Millidge, Tschantz & Buckley 2020).
+
+    Predictions and Jacobians stay at their forward values, so each step is one VJP
+    of the cut forward graph: ``e_i <- e_i + eta (-e_i + sum_j J_ji^T e_j)``. The
+    errors converge to backprop's (negative) gradients; a node ``d`` edges from the
+    output of a chain has reached ``P(Binomial(t, eta) >= d)`` of its final error
+    after ``t`` steps.
+    """
+
+    steps: int = 20
+    step_size: float = 0.5
+    name: ClassVar[str] = "fpa"
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps, self.step_size)
+
+    def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
+        g, B = problem.graph, problem.batch_size
+        out, mus, values = g.forward_cut(*problem.inputs)
+        e_out = output_error(problem.loss, out, problem.target)
+        with torch.no_grad():
+            loss_sum = problem.loss.per_example(out, problem.target).sum()
+        errors = [torch.zeros_like(m, requires_grad=False) for m in mus]
+        rows = [inference.node_energies(errors, loss_sum, B)]
+        sweeps, active = _schedule(g, self.steps)
+        for sweep in sweeps:
+            fb = inference.feedback([*(mus[j] for j in sweep.senders), out],
+                                    [*(errors[j] for j in sweep.senders), e_out],
+                                    [values[i] for i in sweep.receivers], retain_graph=True)
+            inference.fpa_error_update([errors[i] for i in sweep.receivers], fb, self.step_size)
+            rows.append(inference.node_energies(errors, loss_sum, B))
+        grads = learning.weight_gradients([*(mus[j] for j in active), out],
+                                          [*(errors[j] for j in active), e_out], problem.params, B)
+        return Outcome(out.detach(), loss_sum, errors, torch.stack(rows), grads)
+
+
+def _evaluate(problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Tensor, list[Tensor]]:
+    out, *mus = replay.again(problem.graph.predict, *problem.inputs, *values)
+    return out, mus
+
+
+def _errors(values: list[Tensor], mus: list[Tensor]) -> list[Tensor]:
+    return torch._foreach_sub([v.detach() for v in values], [m.detach() for m in mus]) if values else []
+
+
+def _leaves(tensors: list[Tensor]) -> list[Tensor]:
+    return [t.detach().requires_grad_(True) for t in tensors]
+
+
+@dataclass(frozen=True)
+class PC:
+    """Standard energy-based PC: predictions recomputed at every inference step.
+
+    Values start at the forward pass; each step lowers every example's energy
+    ``F = sum_i 0.5|v_i - mu_i(v)|^2 + L(mu_out(v), y)`` by a gradient step of size
+    ``step_size`` on the values (the output clamped to the target for ``"mse"``,
+    driven by the loss gradient for ``"ce"``); the weights then take
+    ``dF/dtheta`` at the final values. This is not backprop: it is the rule Song et
+    al. (2024) call prospective configuration.
+    """
+
+    steps: int = 20
+    step_size: float = 0.1
+    name: ClassVar[str] = "pc"
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps, self.step_size)
+
+    def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
+        g, B, loss = problem.graph, problem.batch_size, problem.loss
+        replay = Replay(problem.model)
+        out, mus, values = g.forward_cut(*problem.inputs)
+        replay.first_done()
+        feedforward = out.detach()
+        values, mus = list(values), list(mus)
+        sweeps, active = _schedule(g, self.steps)
+        rows = []
+        try:
+            for t, sweep in enumerate(sweeps):
+                if t:
+                    out, mus = _evaluate(problem, values, replay)
+                errors = _errors(values, mus)
+                loss_sum = loss.per_example(out, problem.target).sum()
+                if t == 0:
+                    feedforward_loss = loss_sum.detach()
+                rows.append(inference.node_energies(errors, loss_sum, B))
+                receivers = [values[i] for i in sweep.receivers]
+                fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
+                                        [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
+                                        receivers, retain_graph=False)
+                moved = inference.value_update([r.detach() for r in receivers],
+                                               [errors[i] for i in sweep.receivers], fb, self.step_size)
+                for i, v in zip(sweep.receivers, _leaves(moved)):
+                    values[i] = v
+            out, mus = _evaluate(problem, values, replay)
+            errors = _errors(values, mus)
+            loss_sum = loss.per_example(out, problem.target).sum()
+            rows.append(inference.node_energies(errors, loss_sum, B))
+            grads = learning.weight_gradients([mus[j] for j in active], [errors[j] for j in active],
+                                              problem.params, B, loss_sum=loss_sum)
+        finally:
+            replay.close()
+        return Outcome(feedforward, feedforward_loss, errors, torch.stack(rows), grads)
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """Incremental PC (Salvatori et al., ICLR 2024): values and weights step together.
+
+    At every tick the energy gradient is taken once, for the values and the weights
+    alike; the values move by ``step_size`` and the given optimizer steps the weights.
+    Each batch can therefore be seen once, as in a stream. ``p.grad`` holds the
+    current tick's gradient when the optimizer steps (it is replaced, not added to).
+    """
+
+    steps: int = 20
+    step_size: float = 0.1
+    name: ClassVar[str] = "incremental"
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps, self.step_size)
+
+    def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
+        if optimizer is None:
+            raise ValueError("algorithm 'incremental' steps the weights at every inference tick: "
+                             "call pc.step(x, y, optimizer=opt)")
+        g, B, loss = problem.graph, problem.batch_size, problem.loss
+        replay = Replay(problem.model)
+        out, mus, values = g.forward_cut(*problem.inputs)
+        replay.first_done()
+        feedforward = out.detach()
+        values, mus = list(values), list(mus)
+        rows = []
+        try:
+            for t in range(self.steps):
+                if t:
+                    out, mus = _evaluate(problem, values, replay)
+                errors = _errors(values, mus)
+                loss_sum = loss.per_example(out, problem.target).sum()
+                if t == 0:
+                    feedforward_loss = loss_sum.detach()
+                rows.append(inference.node_energies(errors, loss_sum, B))
+                n = len(values)
+                # One VJP for both: with these weights it yields -dF/dv and -dF/dtheta.
+                d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
+                                        [-torch.ones_like(loss_sum), *errors], allow_unused=True)
+                fb = [torch.zeros_like(v) if x is None else x for x, v in zip(d[:n], values)]
+                grads = [None if x is None else x.neg() / B for x in d[n:]]
+                raise_if_diverged(g, torch.stack(rows), grads)
+                learning.assign(problem.params, grads)
+                optimizer.step()
+                values = _leaves(inference.value_update([v.detach() for v in values], errors, fb,
+                                                        self.step_size))
+        finally:
+            replay.close()
+        return Outcome(feedforward, feedforward_loss, errors, torch.stack(rows), None)
+
+
+ALGORITHMS: dict[str, type] = {a.name: a for a in (Exact, FPA, PC, Incremental)}

@@ -1,0 +1,163 @@
+"""The entry point: train an ordinary PyTorch model with predictive coding.
+
+Example::
+
+    >>> import torch, torch.nn as nn, pclab
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    >>> pc = pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", steps=20, step_size=0.5)
+    >>> opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    >>> x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    >>> opt.zero_grad()
+    >>> result = pc.step(x, y)     # inference + local learning; gradients land in p.grad
+    >>> opt.step()
+    >>> sorted(result.energies)
+    ['1', '3', 'output']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import learning
+from .algorithms import ALGORITHMS, FPA, PC, Algorithm, Exact, Incremental, Problem, raise_if_diverged
+from .energy import OutputLoss, get_loss
+from .errors import DivergenceError
+from .graph import OUTPUT, CapturedGraph, ValueNodePolicy, capture
+
+_DEFAULT_STEP_SIZE = {"fpa": 0.5, "pc": 0.1, "incremental": 0.1}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`PredictiveCoding.step` measured.
+
+    Attributes:
+        loss: batch-mean loss of the feed-forward prediction (what backprop reports).
+        energy: batch-mean total energy at the end of inference.
+        output: the feed-forward output (detached).
+        energies: batch-mean energy of each value node at the end, ``"output"`` last
+            (its loss term).
+        energy_trace: total energy at each evaluation, the initial state first.
+        errors: each value node's final per-example error ``e_i = v_i - mu_i``.
+    """
+
+    loss: float
+    energy: float
+    output: Tensor
+    energies: dict[str, float]
+    energy_trace: list[float]
+    errors: dict[str, Tensor]
+
+
+def make_algorithm(algorithm: str | Algorithm, steps: int, step_size: float | None) -> Algorithm:
+    """Build an algorithm from its name (``"exact"``, ``"fpa"``, ``"pc"``, ``"incremental"``)."""
+    if not isinstance(algorithm, str):
+        return algorithm
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}")
+    if algorithm == "exact":
+        return Exact()
+    size = _DEFAULT_STEP_SIZE[algorithm] if step_size is None else step_size
+    return ALGORITHMS[algorithm](steps=steps, step_size=size)
+
+
+class PredictiveCoding:
+    """Train ``model`` with predictive coding; gradients go into ``p.grad``.
+
+    Args:
+        model: any ``nn.Module`` whose ``forward`` torch.fx can trace and which
+            returns one tensor. It is not modified.
+        loss: ``"mse"`` (``0.5 * sum((out - target)^2) / batch``, class-index targets
+            one-hot encoded) or ``"ce"`` (``F.cross_entropy``, mean), or an
+            :class:`~pclab.energy.OutputLoss`.
+        algorithm: ``"exact"``, ``"fpa"``, ``"pc"``, ``"incremental"`` (see
+            :mod:`pclab.algorithms`) or an algorithm object.
+        steps: inference steps (ignored by ``"exact"``).
+        step_size: inference step on each example's own energy; defaults to 0.5 for
+            ``"fpa"`` and 0.1 for ``"pc"``/``"incremental"`` (PCX's value SGD rate).
+        value_nodes: where value nodes go: ``"layers"`` (each parametrised layer's
+            output), ``"all"`` (every floating intermediate) or a predicate on fx nodes.
+        leaf_modules: module classes kept opaque (one node each) instead of traced.
+
+    The graph is captured once per input signature (dtypes and non-batch shapes)
+    and reused. See the module docstring for an example.
+    """
+
+    def __init__(self, model: nn.Module, *, loss: str | OutputLoss, algorithm: str | Algorithm,
+                 steps: int = 20, step_size: float | None = None,
+                 value_nodes: ValueNodePolicy = "layers",
+                 leaf_modules: Sequence[type[nn.Module]] = ()) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+        self.model = model
+        self.loss = get_loss(loss)
+        self.algorithm = make_algorithm(algorithm, steps, step_size)
+        self.value_nodes = value_nodes
+        self.leaf_modules = tuple(leaf_modules)
+        self._graphs: dict[tuple, CapturedGraph] = {}
+
+    def capture(self, x: Tensor | tuple[Tensor, ...]) -> CapturedGraph:
+        """The captured graph for inputs like ``x`` (traced on first use)."""
+        inputs = _as_tuple(x)
+        key = tuple((t.dtype, tuple(t.shape[1:]), t.device) if isinstance(t, Tensor) else type(t)
+                    for t in inputs)
+        if key not in self._graphs:
+            self._graphs[key] = capture(self.model, inputs, value_nodes=self.value_nodes,
+                                        leaf_modules=self.leaf_modules)
+        return self._graphs[key]
+
+    def step(self, x: Tensor | tuple[Tensor, ...], y: Tensor, *,
+             optimizer: torch.optim.Optimizer | None = None) -> StepResult:
+        """Run inference on one batch and accumulate the learning rule into ``p.grad``.
+
+        Raises:
+            ValueError: the target does not fit the output, or ``"incremental"``
+                was called without ``optimizer``.
+            DivergenceError: a non-finite value in the input or during inference
+                (no gradient is written).
+        """
+        inputs = _as_tuple(x)
+        for i, t in enumerate(inputs):
+            if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise DivergenceError(f"input {i} contains NaN or inf; no inference was run",
+                                      node="input", step=None)
+        graph = self.capture(inputs)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no parameter with requires_grad=True: nothing to learn")
+        batch = _batch_size(inputs)
+        like = torch.empty((batch, *graph.output_shape), dtype=graph.output_dtype, device="meta")
+        target = self.loss.prepare(like, y)
+        if target.is_floating_point() and not bool(torch.isfinite(target).all()):
+            raise DivergenceError("target contains NaN or inf; no inference was run",
+                                  node="target", step=None)
+        problem = Problem(graph, self.model, inputs, target, self.loss, params)
+        with torch.enable_grad():
+            outcome = self.algorithm.run(problem, optimizer)
+        if outcome.grads is not None:
+            raise_if_diverged(graph, outcome.trace, outcome.grads)
+            learning.accumulate(params, outcome.grads)
+        final = outcome.trace[-1].tolist()
+        return StepResult(
+            loss=float(outcome.loss_sum) / batch,
+            energy=float(sum(final)),
+            output=outcome.output,
+            energies=dict(zip([*graph.names, OUTPUT], final)),
+            energy_trace=outcome.trace.sum(1).tolist(),
+            errors={n: e.detach() for n, e in zip(graph.names, outcome.errors)},
+        )
+
+
+def _as_tuple(x: Any) -> tuple[Any, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _batch_size(inputs: tuple[Any, ...]) -> int:
+    for t in inputs:
+        if isinstance(t, Tensor) and t.ndim:
+            return t.shape[0]
+    raise ValueError("no batched tensor among the inputs: pass x as a tensor of shape (batch, ...)")

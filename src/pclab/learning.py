@@ -1,0 +1,56 @@
+"""Learning rules: how weights move, from each node's error and its inputs only.
+
+A parameter ``theta_i`` used by the prediction ``mu_i = f_i(v_parents; theta_i)``
+descends the energy ``F = sum_i 0.5 |v_i - mu_i|^2 + L(mu_out)``:
+
+    dF/dtheta_i = -(d mu_i / d theta_i)^T e_i        (Millidge et al. 2020, eq. 5)
+
+which needs ``e_i`` and the values ``f_i`` reads, nothing else. A parameter shared
+by several nodes (tied weights, an unrolled recurrent cell) sums its nodes' terms.
+Errors are per example; gradients are averaged over the batch, as
+``loss.backward()`` on a mean loss would do, and land in ``p.grad`` so any
+``torch.optim`` optimizer, scheduler or clipping works unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+GradList = list[Tensor | None]
+
+
+def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], params: Sequence[nn.Parameter],
+                     batch_size: int, *, loss_sum: Tensor | None = None) -> GradList:
+    """``-(1/B) sum_i (d mu_i/d theta)^T e_i`` for every parameter, in one VJP.
+
+    ``loss_sum`` (the summed output loss, still connected to the output prediction)
+    adds the output node's term when the output error is not given explicitly.
+    ``None`` marks a parameter no prediction uses (``loss.backward()`` would leave
+    its ``.grad`` alone too).
+    """
+    outputs = list(predictions)
+    grad_outputs = [e.neg() / batch_size for e in errors]
+    if loss_sum is not None:
+        outputs.append(loss_sum)
+        grad_outputs.append(torch.full_like(loss_sum, 1.0 / batch_size))
+    return list(torch.autograd.grad(outputs, list(params), grad_outputs, allow_unused=True))
+
+
+def accumulate(params: Sequence[nn.Parameter], grads: GradList) -> None:
+    """Add ``grads`` into ``p.grad``, as ``loss.backward()`` does."""
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g.detach().clone()
+        else:
+            p.grad.add_(g)
+
+
+def assign(params: Sequence[nn.Parameter], grads: GradList) -> None:
+    """Replace ``p.grad`` by ``grads`` (incremental PC steps the optimizer each tick)."""
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.detach()

@@ -77,8 +77,7 @@ def raise_if_diverged(graph: CapturedGraph, trace: Tensor, grads: learning.GradL
     One host sync for the whole check: energies are finite exactly when errors and
     the loss are, so the trace stands in for every error tensor.
     """
-    present = [d for d in grads if d is not None]
-    norms = torch.stack(torch._foreach_norm(present)) if present else trace.new_zeros(0)
+    norms = torch.stack(torch._foreach_norm(list(grads))) if grads else trace.new_zeros(0)
     if bool(torch.isfinite(trace).all() & torch.isfinite(norms).all()):
         return
     names = [*graph.names, OUTPUT]
@@ -119,11 +118,11 @@ class Exact:
         g, B = problem.graph, problem.batch_size
         out, *values = g.forward_with_values(*problem.inputs)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
-        grads = torch.autograd.grad(loss_sum, [*values, *problem.params], allow_unused=True)
-        errors = [torch.zeros_like(v) if d is None else -d for d, v in zip(grads, values)]
+        grads = torch.autograd.grad(loss_sum, [*values, *problem.params], materialize_grads=True)
+        errors = [-d for d in grads[:len(values)]]
         start = inference.node_energies([torch.zeros_like(e) for e in errors], loss_sum, B)
         trace = torch.stack([start, inference.node_energies(errors, loss_sum, B)])
-        weight_grads = [None if d is None else d / B for d in grads[len(values):]]
+        weight_grads = [d / B for d in grads[len(values):]]
         return Outcome(out.detach(), loss_sum.detach(), errors, trace, weight_grads)
 
 
@@ -158,7 +157,9 @@ class FPA:
             fb = inference.feedback([*(mus[j] for j in sweep.senders), out],
                                     [*(errors[j] for j in sweep.senders), e_out],
                                     [values[i] for i in sweep.receivers], retain_graph=True)
-            inference.fpa_error_update([errors[i] for i in sweep.receivers], fb, self.step_size)
+            updated = inference.fpa_error_update([errors[i] for i in sweep.receivers], fb, self.step_size)
+            for i, e in zip(sweep.receivers, updated):
+                errors[i] = e
             rows.append(inference.node_energies(errors, loss_sum, B))
         grads = learning.weight_gradients([*(mus[j] for j in active), out],
                                           [*(errors[j] for j in active), e_out], problem.params, B)
@@ -274,9 +275,8 @@ class Incremental:
                 n = len(values)
                 # One VJP for both: with these weights it yields -dF/dv and -dF/dtheta.
                 d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
-                                        [-torch.ones_like(loss_sum), *errors], allow_unused=True)
-                fb = [torch.zeros_like(v) if x is None else x for x, v in zip(d[:n], values)]
-                grads = [None if x is None else x.neg() / B for x in d[n:]]
+                                        [-torch.ones_like(loss_sum), *errors], materialize_grads=True)
+                fb, grads = d[:n], [x.neg() / B for x in d[n:]]
                 raise_if_diverged(g, torch.stack(rows), grads)
                 learning.assign(problem.params, grads)
                 optimizer.step()

@@ -126,9 +126,10 @@ class PredictiveCoding:
                 raise DivergenceError(f"input {i} contains NaN or inf; no inference was run",
                                       node="input", step=None)
         graph = self.capture(inputs)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad and graph.uses(p)]
         if not params:
-            raise ValueError("the model has no parameter with requires_grad=True: nothing to learn")
+            raise ValueError("no parameter with requires_grad=True is used by the model's forward: "
+                             "nothing to learn")
         batch = _batch_size(inputs)
         like = torch.empty((batch, *graph.output_shape), dtype=graph.output_dtype, device="meta")
         target = self.loss.prepare(like, y)

@@ -69,6 +69,11 @@ class CapturedGraph:
     origin: dict[str, str]
     output_shape: tuple[int, ...]
     output_dtype: torch.dtype
+    parameter_ids: frozenset[int]
+
+    def uses(self, parameter: Tensor) -> bool:
+        """Whether some prediction reads ``parameter`` (else it gets no gradient)."""
+        return id(parameter) in self.parameter_ids
     forward_with_values: fx.GraphModule
     forward_cut: fx.GraphModule
     predict: fx.GraphModule
@@ -81,6 +86,16 @@ class CapturedGraph:
             for p in ps:
                 kids[p].append(child)
         return {n: tuple(k) for n, k in kids.items()}
+
+
+def _alias(t: Tensor) -> Tensor:
+    """A differentiable identity whose gradient counts only the graph's consumers.
+
+    A value node can also be an internal step of a sibling inside one module (an
+    LSTM cell's ``c`` is on the way to its ``h``); autograd's gradient of the raw
+    tensor would include that hidden path, which no PC edge carries.
+    """
+    return t.view_as(t)
 
 
 def _leaf(t: Tensor) -> Tensor:
@@ -251,9 +266,15 @@ def _is_parametrised(node: fx.Node, modules: dict[str, Any]) -> bool:
 
 def _select(graph: fx.Graph, modules: dict[str, Any], floating: dict[str, bool],
             policy: ValueNodePolicy, output: fx.Node) -> list[fx.Node]:
+    # A tensor computed from inputs and constants alone is data, not a latent: it
+    # stays clamped, as the inputs are.
+    learnable: set[fx.Node] = set()
+    for n in graph.nodes:
+        if _is_parametrised(n, modules) or any(a in learnable for a in n.all_input_nodes):
+            learnable.add(n)
     compute = [n for n in graph.nodes
                if n.op in ("call_module", "call_function", "call_method")
-               and floating.get(n.name, False) and n is not output]
+               and floating.get(n.name, False) and n is not output and n in learnable]
     if policy == "all":
         return compute
     if callable(policy):
@@ -329,7 +350,7 @@ def _build(graph: fx.Graph, chosen: list[fx.Node], output: fx.Node, variant: str
             if variant == "cut":
                 values[n] = new.call_function(_leaf, (copied,))
             elif variant == "with_values":
-                values[n] = copied
+                values[n] = new.call_function(_alias, (copied,))
             env[n] = values[n]
     out = env[output]
     mus = tuple(predictions[n] for n in chosen)
@@ -394,10 +415,19 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], *,
         origin={display[n.name]: _origin(n) for n in chosen},
         output_shape=tuple(prediction.shape[1:]),
         output_dtype=prediction.dtype,
+        parameter_ids=frozenset(id(p) for p in _parameters_read(graph, root)),
         forward_with_values=_build(graph, chosen, output, "with_values", root),
         forward_cut=_build(graph, chosen, output, "cut", root),
         predict=_build(graph, chosen, output, "predict", root),
     )
+
+
+def _parameters_read(graph: fx.Graph, modules: dict[str, Any]) -> Iterator[Tensor]:
+    for n in graph.nodes:
+        if n.op == "call_module":
+            yield from modules[n.target].parameters()
+        elif _is_parameter(n, modules):
+            yield modules[n.target]
 
 
 def _resolve(model: nn.Module, target: str) -> Any:

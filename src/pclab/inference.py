@@ -30,15 +30,16 @@ from .graph import OUTPUT, CapturedGraph
 TensorList = list[Tensor]
 
 
-def fpa_error_update(errors: Sequence[Tensor], feedback: Sequence[Tensor], step_size: float) -> None:
-    """Fixed-prediction update, in place: ``e_i <- e_i + eta * (-e_i + feedback_i)``.
+def fpa_error_update(errors: Sequence[Tensor], feedback: Sequence[Tensor], step_size: float) -> TensorList:
+    """Fixed-prediction update: ``e_i <- e_i + eta * (-e_i + feedback_i)``.
 
     With predictions held at their forward values, ``v_i`` moves by the same amount
     as ``e_i = v_i - mu_i``; the fixed point ``e_i = sum_j J_ji^T e_j`` is backprop's
-    (negative) gradient. ``step_size = 1`` makes one step copy the feedback.
+    (negative) gradient. ``step_size = 1`` makes one step copy the feedback. Returns
+    new tensors: feedback may be a view of a child's error (a reshape's VJP is a
+    view), so updating errors in place would corrupt it.
     """
-    torch._foreach_mul_(errors, 1.0 - step_size)
-    torch._foreach_add_(errors, feedback, alpha=step_size)
+    return torch._foreach_lerp(list(errors), list(feedback), step_size)
 
 
 def value_update(values: Sequence[Tensor], errors: Sequence[Tensor], feedback: Sequence[Tensor],

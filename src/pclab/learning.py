@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-GradList = list[Tensor | None]
+GradList = list[Tensor]
 
 
 def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], params: Sequence[nn.Parameter],
@@ -28,22 +28,20 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
 
     ``loss_sum`` (the summed output loss, still connected to the output prediction)
     adds the output node's term when the output error is not given explicitly.
-    ``None`` marks a parameter no prediction uses (``loss.backward()`` would leave
-    its ``.grad`` alone too).
+    ``params`` are the parameters the graph reads; one that no error has reached yet
+    gets zeros, as ``loss.backward()`` gives a used parameter.
     """
     outputs = list(predictions)
     grad_outputs = [e.neg() / batch_size for e in errors]
     if loss_sum is not None:
         outputs.append(loss_sum)
         grad_outputs.append(torch.full_like(loss_sum, 1.0 / batch_size))
-    return list(torch.autograd.grad(outputs, list(params), grad_outputs, allow_unused=True))
+    return list(torch.autograd.grad(outputs, list(params), grad_outputs, materialize_grads=True))
 
 
 def accumulate(params: Sequence[nn.Parameter], grads: GradList) -> None:
     """Add ``grads`` into ``p.grad``, as ``loss.backward()`` does."""
     for p, g in zip(params, grads):
-        if g is None:
-            continue
         if p.grad is None:
             p.grad = g.detach().clone()
         else:
@@ -53,4 +51,4 @@ def accumulate(params: Sequence[nn.Parameter], grads: GradList) -> None:
 def assign(params: Sequence[nn.Parameter], grads: GradList) -> None:
     """Replace ``p.grad`` by ``grads`` (incremental PC steps the optimizer each tick)."""
     for p, g in zip(params, grads):
-        p.grad = None if g is None else g.detach()
+        p.grad = g.detach()

@@ -10,12 +10,12 @@
 
 from .algorithms import FPA, PC, Exact, Incremental
 from .energy import OutputLoss
-from .engine import PredictiveCoding, StepResult
+from .engine import Backprop, PredictiveCoding, StepResult, learner
 from .errors import DivergenceError, GraphCaptureError
 from .graph import CapturedGraph, capture
 
 __all__ = [
-    "PredictiveCoding", "StepResult",
+    "PredictiveCoding", "Backprop", "learner", "StepResult",
     "Exact", "FPA", "PC", "Incremental",
     "OutputLoss", "CapturedGraph", "capture",
     "GraphCaptureError", "DivergenceError",

@@ -96,6 +96,7 @@ class PredictiveCoding:
         self.model = model
         self.loss = get_loss(loss)
         self.algorithm = make_algorithm(algorithm, steps, step_size)
+        self.algorithm_name = self.algorithm.name
         self.value_nodes = value_nodes
         self.leaf_modules = tuple(leaf_modules)
         self._graphs: dict[tuple, CapturedGraph] = {}
@@ -151,6 +152,44 @@ class PredictiveCoding:
             energy_trace=outcome.trace.sum(1).tolist(),
             errors={n: e.detach() for n, e in zip(graph.names, outcome.errors)},
         )
+
+
+class Backprop:
+    """Plain backpropagation behind the same ``step(x, y)`` interface, as the reference.
+
+    ``loss.backward()`` on the batch-mean loss; ``energy`` equals ``loss`` and
+    ``energies`` holds only ``"output"``. Lets training loops and experiments treat
+    ``"bp"`` as one more algorithm.
+    """
+
+    algorithm_name = "bp"
+
+    def __init__(self, model: nn.Module, *, loss: str | OutputLoss) -> None:
+        self.model = model
+        self.loss = get_loss(loss)
+
+    def step(self, x: Tensor | tuple[Tensor, ...], y: Tensor, *,
+             optimizer: torch.optim.Optimizer | None = None) -> StepResult:
+        inputs = _as_tuple(x)
+        with torch.enable_grad():
+            out = self.model(*inputs)
+            target = self.loss.prepare(out, y)
+            value = self.loss.per_example(out, target).mean()
+            if not bool(torch.isfinite(value)):
+                raise DivergenceError("non-finite loss; no gradient was written", node=OUTPUT, step=0)
+            value.backward()
+        loss = float(value)
+        return StepResult(loss=loss, energy=loss, output=out.detach(), energies={OUTPUT: loss},
+                          energy_trace=[loss], errors={})
+
+
+def learner(model: nn.Module, algorithm: str, *, loss: str | OutputLoss, steps: int = 20,
+            step_size: float | None = None, **options: Any) -> PredictiveCoding | Backprop:
+    """``Backprop`` for ``algorithm="bp"``, else :class:`PredictiveCoding` (same ``step``)."""
+    if algorithm == "bp":
+        return Backprop(model, loss=loss)
+    return PredictiveCoding(model, loss=loss, algorithm=algorithm, steps=steps, step_size=step_size,
+                            **options)
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:

@@ -175,10 +175,10 @@ class Backprop:
             out = self.model(*inputs)
             target = self.loss.prepare(out, y)
             value = self.loss.per_example(out, target).mean()
-            if not bool(torch.isfinite(value)):
+            if not bool(torch.isfinite(value.detach())):
                 raise DivergenceError("non-finite loss; no gradient was written", node=OUTPUT, step=0)
             value.backward()
-        loss = float(value)
+        loss = float(value.detach())
         return StepResult(loss=loss, energy=loss, output=out.detach(), energies={OUTPUT: loss},
                           energy_trace=[loss], errors={})
 

@@ -181,7 +181,7 @@ def reference_grads(model: nn.Module, inputs: tuple, target: torch.Tensor, loss:
     else:
         value = 0.5 * (out - F.one_hot(target, out.shape[-1]).to(out.dtype)).pow(2).sum() / out.shape[0]
     value.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
     return grads
 

@@ -95,7 +95,9 @@ def _alias(t: Tensor) -> Tensor:
     LSTM cell's ``c`` is on the way to its ``h``); autograd's gradient of the raw
     tensor would include that hidden path, which no PC edge carries.
     """
-    return t.view_as(t)
+    # A node fed only by the input and frozen weights becomes a leaf, so that its
+    # error is still measured.
+    return t.view_as(t) if t.requires_grad else t.detach().requires_grad_(True)
 
 
 def _leaf(t: Tensor) -> Tensor:

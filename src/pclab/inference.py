@@ -61,9 +61,19 @@ def feedback(sent: Sequence[Tensor], errors_sent: Sequence[Tensor], receivers: S
     ``errors_sent`` the errors they send back. A receiver no prediction depends on
     gets zero.
     """
-    grads = torch.autograd.grad(list(sent), list(receivers), list(errors_sent),
+    sent, errors_sent = connected(sent, errors_sent)
+    if not sent:
+        return [torch.zeros_like(r) for r in receivers]
+    grads = torch.autograd.grad(sent, list(receivers), errors_sent,
                                 retain_graph=retain_graph, allow_unused=True)
     return [torch.zeros_like(r) if g is None else g for g, r in zip(grads, receivers)]
+
+
+def connected(outputs: Sequence[Tensor], grad_outputs: Sequence[Tensor]) -> tuple[TensorList, TensorList]:
+    """Drop the outputs that depend on nothing trainable (a node computed from the
+    input and frozen weights only): they send no signal anywhere."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    return [o for o, _ in pairs], [g for _, g in pairs]
 
 
 @dataclass(frozen=True)

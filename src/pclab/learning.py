@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .inference import connected
+
 GradList = list[Tensor]
 
 
@@ -36,6 +38,9 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
     if loss_sum is not None:
         outputs.append(loss_sum)
         grad_outputs.append(torch.full_like(loss_sum, 1.0 / batch_size))
+    outputs, grad_outputs = connected(outputs, grad_outputs)
+    if not outputs:
+        return [torch.zeros_like(p) for p in params]
     return list(torch.autograd.grad(outputs, list(params), grad_outputs, materialize_grads=True))
 
 

@@ -1,0 +1,202 @@
+"""The engine's contract with its users: side effects, optimizers, and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pclab
+from graphs import GRAPHS, MLP, Norms, make, reference_grads, relative_error
+
+ALGORITHMS = ["exact", "fpa", "pc"]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("training", [True, False])
+def test_step_leaves_weights_mode_buffers_and_rng_as_one_forward_would(algorithm, training):
+    torch.manual_seed(0)
+    model = Norms().double().train(training)
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(6, 12, dtype=torch.float64), torch.randint(0, 5, (6,))
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm=algorithm, steps=6)
+    pc.capture(x)  # the one-off trace must not count either
+    torch.manual_seed(7)
+    pc.step(x, y)
+    after_step = torch.rand(3)
+    torch.manual_seed(7)
+    twin(x)
+    after_forward = torch.rand(3)
+    assert model.training is training and all(m.training is training for m in model.modules())
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), name  # parameters untouched, running stats moved once
+    assert torch.equal(after_step, after_forward)
+
+
+@pytest.mark.parametrize("algorithm", ["exact", "fpa"])
+def test_gradients_drive_any_torch_optimizer_as_backward_does(algorithm):
+    model, x, y = make(GRAPHS[0], torch.float64)
+    twin = copy.deepcopy(model)
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm=algorithm, steps=300)
+    for m, learn in ((model, lambda: pc.step(x, y)),
+                     (twin, lambda: F.cross_entropy(twin(*x), y).backward())):
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            learn()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.05)
+            opt.step()
+            sched.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_graph_is_captured_once_per_input_signature(monkeypatch):
+    import pclab.graph as graph_module
+
+    calls = []
+    real = graph_module._trace
+    monkeypatch.setattr(graph_module, "_trace", lambda *a: calls.append(1) or real(*a))
+    model, x, y = make(GRAPHS[0], torch.float32)
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", steps=3)
+    pc.step(x, y)
+    pc.step(x[0][:3], y[:3])  # another batch size: same signature
+    assert len(calls) == 1
+    model.double()
+    pc.step(x[0].double(), y)  # another dtype: captured again
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_frozen_parameters_get_no_gradient_and_the_rest_stays_exact(algorithm):
+    model, x, y = make(GRAPHS[0], torch.float64)
+    model.fc1.requires_grad_(False)
+    reference = reference_grads(model, x, y, "ce")
+    pclab.PredictiveCoding(model, loss="ce", algorithm=algorithm, steps=200).step(x, y)
+    assert model.fc1.weight.grad is None
+    if algorithm != "pc":
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        assert relative_error(grads, reference) < 1e-6
+
+
+# Bad input ------------------------------------------------------------------
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.gate = Gate()
+
+    def forward(self, x):
+        return self.fc(self.gate(x))
+
+
+class Gate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            return self.lin(x)
+        return -self.lin(x)
+
+
+def test_untraceable_model_names_module_reason_and_fix():
+    pc = pclab.PredictiveCoding(Branchy(), loss="ce", algorithm="exact")
+    with pytest.raises(pclab.GraphCaptureError) as info:
+        pc.step(torch.randn(3, 4), torch.randint(0, 4, (3,)))
+    message = str(info.value)
+    assert "gate (Gate)" in message and "control flow" in message and "leaf_modules" in message
+
+
+def test_leaf_modules_make_an_untraceable_module_one_node():
+    torch.manual_seed(0)
+    model = Branchy().double()
+    x, y = torch.randn(3, 4, dtype=torch.float64), torch.randint(0, 4, (3,))
+    reference = reference_grads(model, (x,), y, "ce")
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", steps=50, leaf_modules=[Gate])
+    pc.step(x, y)
+    assert pc.capture(x).names == ("gate",)
+    assert relative_error({n: p.grad for n, p in model.named_parameters()}, reference) < 1e-10
+
+
+def test_model_returning_a_tuple_is_refused():
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x), x
+
+    with pytest.raises(pclab.GraphCaptureError, match="one floating-point tensor"):
+        pclab.PredictiveCoding(Pair(), loss="ce", algorithm="fpa").step(torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+def test_non_finite_input_raises_and_writes_no_gradient():
+    model, x, y = make(GRAPHS[0], torch.float32)
+    bad = x[0].clone()
+    bad[2, 3] = float("nan")
+    with pytest.raises(pclab.DivergenceError) as info:
+        pclab.PredictiveCoding(model, loss="ce", algorithm="fpa").step(bad, y)
+    assert info.value.node == "input"
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("algorithm,step_size", [("fpa", 3.5), ("pc", 40.0)])
+def test_divergence_during_inference_names_node_and_step(algorithm, step_size):
+    model, x, y = make(GRAPHS[0], torch.float32)
+    pc = pclab.PredictiveCoding(model, loss="mse", algorithm=algorithm, steps=400, step_size=step_size)
+    with pytest.raises(pclab.DivergenceError) as info:
+        pc.step(x, y)
+    assert info.value.node in pc.capture(x).names + ("output",)
+    assert 0 < info.value.step <= 400
+    assert f"{info.value.node!r}" in str(info.value) and f"step {info.value.step}" in str(info.value)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_incremental_divergence_stops_before_the_optimizer_steps():
+    model, x, y = make(GRAPHS[0], torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(pclab.DivergenceError):
+        pclab.PredictiveCoding(model, loss="mse", algorithm="incremental", steps=400,
+                               step_size=40.0).step(x, y, optimizer=opt)
+
+
+@pytest.mark.parametrize("loss,target,match", [
+    ("ce", torch.zeros(5, dtype=torch.long), r"\(5,\).*\(6, 5\)"),
+    ("ce", torch.zeros(6, 2, dtype=torch.long), r"\(6, 2\).*\(6, 5\)"),
+    ("mse", torch.zeros(6, 4), r"\(6, 4\).*\(6, 5\)"),
+    ("mse", torch.full((6,), 9), r"\[0, 5\)"),
+])
+def test_target_that_does_not_fit_the_output_names_both_shapes(loss, target, match):
+    model, x, _ = make(GRAPHS[0], torch.float32)
+    with pytest.raises(ValueError, match=match):
+        pclab.PredictiveCoding(model, loss=loss, algorithm="pc").step(x, target)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_unknown_names_and_bad_settings_list_the_valid_ones():
+    model = MLP()
+    with pytest.raises(ValueError, match="exact, fpa, pc, incremental"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="backprop")
+    with pytest.raises(ValueError, match="mse, ce"):
+        pclab.PredictiveCoding(model, loss="l1", algorithm="fpa")
+    with pytest.raises(ValueError, match="steps"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=0)
+    with pytest.raises(ValueError, match="step_size"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", step_size=-0.1)
+    with pytest.raises(ValueError, match="value_nodes"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", value_nodes="some").step(
+            torch.randn(2, 12), torch.tensor([0, 1]))
+
+
+def test_incremental_without_optimizer_says_how_to_call_it():
+    model, x, y = make(GRAPHS[0], torch.float32)
+    with pytest.raises(ValueError, match="optimizer=opt"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="incremental").step(x, y)

@@ -78,7 +78,8 @@ def raise_if_diverged(graph: CapturedGraph, trace: Tensor, grads: learning.GradL
     the loss are, so the trace stands in for every error tensor.
     """
     norms = torch.stack(torch._foreach_norm(list(grads))) if grads else trace.new_zeros(0)
-    if bool(torch.isfinite(trace).all() & torch.isfinite(norms).all()):
+    # NaN and inf survive a sum, so one scalar stands for every entry.
+    if bool(torch.isfinite(trace.sum() + norms.sum())):
         return
     names = [*graph.names, OUTPUT]
     bad = (~torch.isfinite(trace)).nonzero()
@@ -119,11 +120,13 @@ class Exact:
         out, *values = g.forward_with_values(*problem.inputs)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
         grads = torch.autograd.grad(loss_sum, [*values, *problem.params], materialize_grads=True)
-        errors = [-d for d in grads[:len(values)]]
-        start = inference.node_energies([torch.zeros_like(e) for e in errors], loss_sum, B)
-        trace = torch.stack([start, inference.node_energies(errors, loss_sum, B)])
-        weight_grads = [d / B for d in grads[len(values):]]
-        return Outcome(out.detach(), loss_sum.detach(), errors, trace, weight_grads)
+        errors = torch._foreach_neg(grads[:len(values)]) if values else []
+        weight_grads = list(grads[len(values):])
+        torch._foreach_div_(weight_grads, B)
+        trace = inference.EnergyTrace()
+        trace.record([e.new_zeros(()) for e in errors], loss_sum)
+        trace.record(errors, loss_sum)
+        return Outcome(out.detach(), loss_sum.detach(), errors, trace.tensor(B), weight_grads)
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,8 @@ class FPA:
         with torch.no_grad():
             loss_sum = problem.loss.per_example(out, problem.target).sum()
         errors = [torch.zeros_like(m, requires_grad=False) for m in mus]
-        rows = [inference.node_energies(errors, loss_sum, B)]
+        trace = inference.EnergyTrace()
+        trace.record(errors, loss_sum)
         sweeps, active = _schedule(g, self.steps)
         for sweep in sweeps:
             fb = inference.feedback([*(mus[j] for j in sweep.senders), out],
@@ -160,10 +164,10 @@ class FPA:
             updated = inference.fpa_error_update([errors[i] for i in sweep.receivers], fb, self.step_size)
             for i, e in zip(sweep.receivers, updated):
                 errors[i] = e
-            rows.append(inference.node_energies(errors, loss_sum, B))
+            trace.record(errors, loss_sum)
         grads = learning.weight_gradients([*(mus[j] for j in active), out],
                                           [*(errors[j] for j in active), e_out], problem.params, B)
-        return Outcome(out.detach(), loss_sum, errors, torch.stack(rows), grads)
+        return Outcome(out.detach(), loss_sum, errors, trace.tensor(B), grads)
 
 
 def _evaluate(problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Tensor, list[Tensor]]:
@@ -206,7 +210,7 @@ class PC:
         feedforward = out.detach()
         values, mus = list(values), list(mus)
         sweeps, active = _schedule(g, self.steps)
-        rows = []
+        trace = inference.EnergyTrace()
         try:
             for t, sweep in enumerate(sweeps):
                 if t:
@@ -215,7 +219,7 @@ class PC:
                 loss_sum = loss.per_example(out, problem.target).sum()
                 if t == 0:
                     feedforward_loss = loss_sum.detach()
-                rows.append(inference.node_energies(errors, loss_sum, B))
+                trace.record(errors, loss_sum)
                 receivers = [values[i] for i in sweep.receivers]
                 fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
                                         [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
@@ -227,12 +231,12 @@ class PC:
             out, mus = _evaluate(problem, values, replay)
             errors = _errors(values, mus)
             loss_sum = loss.per_example(out, problem.target).sum()
-            rows.append(inference.node_energies(errors, loss_sum, B))
+            trace.record(errors, loss_sum)
             grads = learning.weight_gradients([mus[j] for j in active], [errors[j] for j in active],
                                               problem.params, B, loss_sum=loss_sum)
         finally:
             replay.close()
-        return Outcome(feedforward, feedforward_loss, errors, torch.stack(rows), grads)
+        return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), grads)
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,7 @@ class Incremental:
         replay.first_done()
         feedforward = out.detach()
         values, mus = list(values), list(mus)
-        rows = []
+        trace = inference.EnergyTrace()
         try:
             for t in range(self.steps):
                 if t:
@@ -271,20 +275,20 @@ class Incremental:
                 loss_sum = loss.per_example(out, problem.target).sum()
                 if t == 0:
                     feedforward_loss = loss_sum.detach()
-                rows.append(inference.node_energies(errors, loss_sum, B))
+                trace.record(errors, loss_sum)
                 n = len(values)
                 # One VJP for both: with these weights it yields -dF/dv and -dF/dtheta.
                 d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
                                         [-torch.ones_like(loss_sum), *errors], materialize_grads=True)
                 fb, grads = d[:n], [x.neg() / B for x in d[n:]]
-                raise_if_diverged(g, torch.stack(rows), grads)
+                raise_if_diverged(g, trace.tensor(B), grads)
                 learning.assign(problem.params, grads)
                 optimizer.step()
                 values = _leaves(inference.value_update([v.detach() for v in values], errors, fb,
                                                         self.step_size))
         finally:
             replay.close()
-        return Outcome(feedforward, feedforward_loss, errors, torch.stack(rows), None)
+        return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), None)
 
 
 ALGORITHMS: dict[str, type] = {a.name: a for a in (Exact, FPA, PC, Incremental)}

@@ -106,10 +106,23 @@ def frontier_schedule(graph: CapturedGraph, steps: int) -> tuple[list[Sweep], tu
     return sweeps, tuple(sorted(active))
 
 
-def node_energies(errors: Sequence[Tensor], loss_sum: Tensor, batch_size: int) -> Tensor:
-    """Batch-mean energy of each node, ``0.5 * |e_i|^2``, then the output's loss: shape (n+1,)."""
-    if errors:
-        norms = torch.stack(torch._foreach_norm(list(errors)))
-        internal = 0.5 * norms.to(loss_sum.dtype).pow(2)
-        return torch.cat([internal, loss_sum.detach().reshape(1)]) / batch_size
-    return loss_sum.detach().reshape(1) / batch_size
+class EnergyTrace:
+    """Per-node energies at each evaluation, kept on the device until the end.
+
+    Recording costs one fused norm per evaluation; the squares, batch means and
+    the host transfer happen once, in :meth:`tensor`.
+    """
+
+    def __init__(self) -> None:
+        self._norms: list[Tensor] = []
+        self._losses: list[Tensor] = []
+
+    def record(self, errors: Sequence[Tensor], loss_sum: Tensor) -> None:
+        self._norms.append(torch.stack(torch._foreach_norm(list(errors))) if errors else loss_sum.new_zeros(0))
+        self._losses.append(loss_sum.detach())
+
+    def tensor(self, batch_size: int) -> Tensor:
+        """Shape ``(evaluations, nodes + 1)``: ``0.5 |e_i|^2`` per node, then the loss; batch means."""
+        norms = torch.stack(self._norms)
+        losses = torch.stack(self._losses).to(norms.dtype)
+        return torch.cat([0.5 * norms.pow(2), losses[:, None]], dim=1) / batch_size

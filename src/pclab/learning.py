@@ -45,12 +45,13 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
 
 
 def accumulate(params: Sequence[nn.Parameter], grads: GradList) -> None:
-    """Add ``grads`` into ``p.grad``, as ``loss.backward()`` does."""
+    """Add ``grads`` (fresh tensors, owned by the caller) into ``p.grad``, as ``loss.backward()`` does."""
+    existing = [(p.grad, g) for p, g in zip(params, grads) if p.grad is not None]
+    if existing:
+        torch._foreach_add_([a for a, _ in existing], [g for _, g in existing])
     for p, g in zip(params, grads):
         if p.grad is None:
-            p.grad = g.detach().clone()
-        else:
-            p.grad.add_(g)
+            p.grad = g.detach()
 
 
 def assign(params: Sequence[nn.Parameter], grads: GradList) -> None:

@@ -1,0 +1,256 @@
+"""Time and peak memory of one training step, each algorithm against plain backprop.
+
+Every number is a ratio measured in this one run on this machine, so machine noise
+and speed cancel:
+
+- ``bp``: ``zero_grad(); loss.backward(); opt.step()`` on the same model and batch;
+- ``fwd + T bwd``: one forward and T backward passes of the plain model plus the
+  optimizer step (the cost FPA's T steps should stay within 1.1x of);
+- ``T (fwd+bwd)``: T forward+backward passes plus the optimizer step (PC's budget).
+
+Timings interleave all configurations over several rounds and keep each one's
+median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use bytes,
+sampled after every aten op, backward included) during a step.
+
+    python benchmarks/speed.py                 # full table, writes benchmarks/results/speed.json
+    python benchmarks/speed.py --smoke         # seconds: what the test suite runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import pclab
+from pclab import models
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[], nn.Module]
+    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _images(shape):
+    def make(batch):
+        g = torch.Generator().manual_seed(0)
+        return torch.rand((batch, *shape), generator=g), torch.randint(0, 10, (batch,), generator=g)
+    return make
+
+
+CASES = [
+    Case("mlp 784-128-128-10", lambda: models.build("mlp", input_shape=(1, 28, 28), num_classes=10,
+                                                   activation="leaky_relu"), _images((1, 28, 28))),
+    Case("cnn (2 conv + pool)", lambda: models.build("cnn", input_shape=(1, 28, 28), num_classes=10,
+                                                    channels=(16, 32)), _images((1, 28, 28))),
+    Case("transformer block", lambda: models.build("transformer", input_shape=(1, 28, 28), num_classes=10,
+                                                  d_model=64, heads=4, layers=1), _images((1, 28, 28))),
+    Case("residual mlp x16", lambda: models.build("resnet", input_shape=(1, 28, 28), num_classes=10,
+                                                 kind="mlp", depth=16, width=128), _images((1, 28, 28))),
+]
+
+
+def _heap_in_use() -> int:
+    info = _MALLINFO2(_LIBC)
+    return info.uordblks + info.hblkhd
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+
+_LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+if _LIBC is not None:
+    _LIBC.mallinfo2.restype = _Mallinfo2
+
+
+def _MALLINFO2(libc):
+    return libc.mallinfo2()
+
+
+class _PeakHeap(TorchDispatchMode):
+    """Samples the heap after every aten op (forward and backward) and keeps the peak."""
+
+    def __enter__(self):
+        self.base = self.peak = _heap_in_use()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, _heap_in_use())
+        return out
+
+
+def _peak_bytes(step: Callable[[], None]) -> float:
+    step()  # optimizer state and caches exist before measuring, as in training
+    with _PeakHeap() as mode:
+        step()
+    return float(mode.peak - mode.base)
+
+
+def _training_step(model, x, y, algorithm: str, steps: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if algorithm == "bp":
+        def step():
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return step
+    learner = pclab.learner(model, algorithm, loss="ce", steps=steps)
+    if algorithm == "incremental":
+        return lambda: learner.step(x, y, optimizer=opt)
+
+    def step():
+        opt.zero_grad()
+        learner.step(x, y)
+        opt.step()
+    return step
+
+
+def _reference_steps(model, x, y) -> dict[str, Callable[[], None]]:
+    """Plain forward, forward+backward and optimizer step, to time separately."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward():
+        F.cross_entropy(model(x), y).backward()
+
+    def optimizer():
+        opt.zero_grad(set_to_none=False)
+        opt.step()
+
+    return {"fwd": forward, "fwd+bwd": forward_backward, "opt": optimizer}
+
+
+def _time(fn: Callable[[], None], repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: int, repeat: int,
+            memory: bool) -> list[dict]:
+    torch.manual_seed(0)
+    model = case.build()
+    x, y = case.batch(batch)
+    configs = {f"{a}:{t}": _training_step(model, x, y, a, t) for a, t in algorithms}
+    refs = _reference_steps(model, x, y)
+    timings: dict[str, list[float]] = {k: [] for k in [*configs, *refs]}
+    for fn in [*configs.values(), *refs.values()]:
+        fn()  # warm up: graph capture, optimizer state
+    for _ in range(rounds):
+        for key, fn in [*configs.items(), *refs.items()]:
+            timings[key].append(_time(fn, repeat))
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    t_fwd, t_fb, t_opt = med["fwd"], med["fwd+bwd"], med["opt"]
+    t_bwd = max(t_fb - t_fwd, 1e-9)
+    t_bp = med["bp:1"]
+    peak_bp = _peak_bytes(configs["bp:1"]) if memory else math.nan
+    rows = []
+    for (algorithm, steps), key in zip(algorithms, configs):
+        t = med[key]
+        row = {"model": case.name, "algorithm": algorithm, "T": steps if algorithm != "bp" else None,
+               "ms_per_step": 1e3 * t, "steps_per_s": 1.0 / t, "vs_bp": t / t_bp}
+        if algorithm == "fpa":
+            row["budget"] = "fwd + T bwd"
+            row["vs_budget"] = t / (t_fwd + steps * t_bwd + t_opt)
+        elif algorithm in ("pc", "incremental"):
+            row["budget"] = "T (fwd+bwd)"
+            row["vs_budget"] = t / (steps * t_fb + t_opt)
+        elif algorithm == "exact":
+            row["budget"] = "bp"
+            row["vs_budget"] = t / t_bp
+        if memory:
+            row["peak_memory_vs_bp"] = _peak_bytes(configs[key]) / max(peak_bp, 1.0)
+        rows.append(row)
+    return rows
+
+
+TARGETS = {"exact": 1.3, "fpa": 1.1, "pc": 1.1, "incremental": 1.1}
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'model':<22}{'algorithm':<13}{'T':>4}{'ms/step':>10}{'steps/s':>10}{'x bp':>8}" \
+           f"{'x budget':>10}{'budget':>14}{'mem x bp':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['model']:<22}{r['algorithm']:<13}{r['T'] or '':>4}{r['ms_per_step']:>10.2f}"
+            f"{r['steps_per_s']:>10.0f}{r['vs_bp']:>8.2f}"
+            f"{r.get('vs_budget', float('nan')):>10.2f}{r.get('budget', ''):>14}"
+            f"{r.get('peak_memory_vs_bp', float('nan')):>10.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny run (seconds) for the test suite")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--steps", default="1,8,20", help="inference steps T to measure")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "speed.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = [int(s) for s in args.steps.split(",")]
+    cases = CASES
+    if args.smoke:
+        args.rounds, args.repeat, steps, cases = 1, 1, [2], CASES[:1]
+    algorithms = [("bp", 1), ("exact", 1)] + [(a, t) for t in steps for a in ("fpa", "pc", "incremental")]
+    rows = []
+    for case in cases:
+        rows += measure(case, algorithms, args.batch, args.rounds, args.repeat, memory=_LIBC is not None)
+        print(_table([r for r in rows if r["model"] == case.name]), flush=True)
+    result = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
+    }
+    if not args.smoke:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}")
+    return result
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

@@ -59,7 +59,7 @@ CASES = [
     Case("mlp 784-128-128-10", lambda: models.build("mlp", input_shape=(1, 28, 28), num_classes=10,
                                                    activation="leaky_relu"), _images((1, 28, 28))),
     Case("cnn (2 conv + pool)", lambda: models.build("cnn", input_shape=(1, 28, 28), num_classes=10,
-                                                    channels=(16, 32)), _images((1, 28, 28))),
+                                                    channels=(16, 32, 32, 32)), _images((1, 28, 28))),
     Case("transformer block", lambda: models.build("transformer", input_shape=(1, 28, 28), num_classes=10,
                                                   d_model=64, heads=4, layers=1), _images((1, 28, 28))),
     Case("residual mlp x16", lambda: models.build("resnet", input_shape=(1, 28, 28), num_classes=10,

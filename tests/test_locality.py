@@ -96,7 +96,7 @@ def test_on_a_chain_a_node_two_edges_away_never_changes_the_update():
 @pytest.mark.parametrize("model_cls", [Chain, Residual, TwoInputs])
 def test_fpa_error_update_reads_only_own_and_children_errors(model_cls):
     model, graph, x, y = _setup(model_cls)
-    out, mus, leaves = graph.forward_cut(*x)
+    out, mus, leaves, _ = graph.forward_cut(*x)
     g = torch.Generator().manual_seed(3)
     errors = [torch.randn(m.shape, generator=g, dtype=m.dtype) for m in mus]
     e_out = torch.randn(out.shape, generator=g, dtype=out.dtype)

@@ -102,3 +102,22 @@ def test_incremental_with_one_tick_and_sgd_is_one_backprop_step_on_the_output_la
     pclab.PredictiveCoding(model, loss="ce", algorithm="incremental", steps=1).step(x, y, optimizer=opt)
     assert torch.allclose(model.fc3.weight, w3 - g_w3, atol=1e-12)
     assert torch.equal(model.fc1.weight, w1)
+
+
+@pytest.mark.parametrize("graph", GRAPHS, ids=[g.name for g in GRAPHS])
+def test_recomputing_only_what_values_move_equals_recomputing_everything(graph):
+    """Within a step, nodes no value influences are constants of inference (W1 x)."""
+    model, x, _ = make(graph, torch.float64)
+    model.eval()  # dropout off: both programs must see the same network
+    captured = pclab.capture(model, x)
+    out, mus, values, fixed = captured.forward_cut(*x)
+    g = torch.Generator().manual_seed(0)
+    moved = [v.detach() + torch.randn(v.shape, generator=g, dtype=v.dtype) for v in values]
+    full_out, *full_mus = captured.predict(*x, *moved)
+    part_out, *part_mus = captured.predict_moving(*fixed, *moved)
+    assert torch.equal(full_out, part_out)
+    assert len(part_mus) == len(captured.moving)
+    for i, m in zip(captured.moving, part_mus):
+        assert torch.equal(full_mus[i], m)
+    for i in set(range(len(mus))) - set(captured.moving):
+        assert torch.equal(full_mus[i], mus[i])

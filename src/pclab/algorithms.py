@@ -149,7 +149,7 @@ class FPA:
 
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
         g, B = problem.graph, problem.batch_size
-        out, mus, values = g.forward_cut(*problem.inputs)
+        out, mus, values, _ = g.forward_cut(*problem.inputs)
         e_out = output_error(problem.loss, out, problem.target)
         with torch.no_grad():
             loss_sum = problem.loss.per_example(out, problem.target).sum()
@@ -171,7 +171,18 @@ class FPA:
 
 
 def _evaluate(problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Tensor, list[Tensor]]:
+    """Every prediction from ``values`` and the current weights."""
     out, *mus = replay.again(problem.graph.predict, *problem.inputs, *values)
+    return out, mus
+
+
+def _evaluate_moving(problem: Problem, values: list[Tensor], replay: Replay, fixed: tuple[Tensor, ...],
+                     mus: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """Recompute only the predictions values can change; the rest stay as in ``mus``."""
+    out, *moved = replay.again(problem.graph.predict_moving, *fixed, *values)
+    mus = list(mus)
+    for i, m in zip(problem.graph.moving, moved):
+        mus[i] = m
     return out, mus
 
 
@@ -205,7 +216,7 @@ class PC:
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
         g, B, loss = problem.graph, problem.batch_size, problem.loss
         replay = Replay(problem.model)
-        out, mus, values = g.forward_cut(*problem.inputs)
+        out, mus, values, fixed = g.forward_cut(*problem.inputs)
         replay.first_done()
         feedforward = out.detach()
         values, mus = list(values), list(mus)
@@ -214,7 +225,7 @@ class PC:
         try:
             for t, sweep in enumerate(sweeps):
                 if t:
-                    out, mus = _evaluate(problem, values, replay)
+                    out, mus = _evaluate_moving(problem, values, replay, fixed, mus)
                 errors = _errors(values, mus)
                 loss_sum = loss.per_example(out, problem.target).sum()
                 if t == 0:
@@ -228,7 +239,7 @@ class PC:
                                                [errors[i] for i in sweep.receivers], fb, self.step_size)
                 for i, v in zip(sweep.receivers, _leaves(moved)):
                     values[i] = v
-            out, mus = _evaluate(problem, values, replay)
+            out, mus = _evaluate_moving(problem, values, replay, fixed, mus)
             errors = _errors(values, mus)
             loss_sum = loss.per_example(out, problem.target).sum()
             trace.record(errors, loss_sum)
@@ -262,7 +273,7 @@ class Incremental:
                              "call pc.step(x, y, optimizer=opt)")
         g, B, loss = problem.graph, problem.batch_size, problem.loss
         replay = Replay(problem.model)
-        out, mus, values = g.forward_cut(*problem.inputs)
+        out, mus, values, _ = g.forward_cut(*problem.inputs)
         replay.first_done()
         feedforward = out.detach()
         values, mus = list(values), list(mus)

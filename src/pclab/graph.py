@@ -12,11 +12,15 @@ Python so that running them costs what the model's own forward costs:
 - ``forward_with_values(*x) -> (output, *values)``: the ordinary forward pass that also
   returns the value-node tensors, still connected (the exact sweep backpropagates
   through it once);
-- ``forward_cut(*x) -> (output, predictions, values)``: the forward pass with every
-  value node cut from its consumers (``values`` are fresh leaves holding the
-  forward values), so one VJP gives every node's local feedback at once;
+- ``forward_cut(*x) -> (output, predictions, values, fixed)``: the forward pass with
+  every value node cut from its consumers (``values`` are fresh leaves holding the
+  forward values), so one VJP gives every node's local feedback at once; ``fixed``
+  are the tensors that no value node influences but moving nodes read;
 - ``predict(*x, *values) -> (output, *predictions)``: every prediction recomputed from
-  given values, for energy-based PC where predictions move during inference.
+  given values and the current weights (incremental PC, where weights move too);
+- ``predict_moving(*fixed, *values) -> (output, *predictions of moving nodes)``: only
+  what values influence is recomputed, for energy-based PC within one training
+  step; ``moving`` indexes those nodes in ``names``.
 
 Example::
 
@@ -77,6 +81,8 @@ class CapturedGraph:
     forward_with_values: fx.GraphModule
     forward_cut: fx.GraphModule
     predict: fx.GraphModule
+    predict_moving: fx.GraphModule
+    moving: tuple[int, ...]
 
     @property
     def children(self) -> dict[str, tuple[str, ...]]:
@@ -329,6 +335,24 @@ def _value_parents(graph: fx.Graph, chosen: set[fx.Node]) -> dict[fx.Node, set[f
     return reads
 
 
+def _static_split(graph: fx.Graph, chosen: list[fx.Node], output: fx.Node) -> tuple[set[fx.Node], list[fx.Node]]:
+    """Which nodes move when values move, and the fixed tensors they read.
+
+    During one step's inference the inputs and weights are fixed, so every node
+    that depends on no value node (a first layer's ``W x``, say) is a constant: it
+    is computed once by the forward pass and read from there afterwards.
+    """
+    chosen_set = set(chosen)
+    moving: set[fx.Node] = set()
+    for n in graph.nodes:
+        if n.op != "output" and any(a in chosen_set or a in moving for a in n.all_input_nodes):
+            moving.add(n)
+    boundary = [n for n in graph.nodes
+                if n not in moving and n not in chosen_set and n.op != "get_attr"
+                and (any(u in moving for u in n.users) or n is output)]
+    return moving, boundary
+
+
 def _build(graph: fx.Graph, chosen: list[fx.Node], output: fx.Node, variant: str,
            root: dict[str, Any]) -> fx.GraphModule:
     new = fx.Graph()
@@ -336,14 +360,23 @@ def _build(graph: fx.Graph, chosen: list[fx.Node], output: fx.Node, variant: str
     chosen_set = set(chosen)
     values: dict[fx.Node, fx.Node] = {}
     predictions: dict[fx.Node, fx.Node] = {}
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    for n in placeholders:
-        env[n] = new.node_copy(n, env.__getitem__)
-    if variant == "predict":
+    moving, boundary = _static_split(graph, chosen, output)
+    if variant == "moving":
+        for n in boundary:
+            env[n] = new.placeholder(f"s_{n.name}")
+    else:
+        for n in graph.nodes:
+            if n.op == "placeholder":
+                env[n] = new.node_copy(n, env.__getitem__)
+    if variant in ("predict", "moving"):
         for n in chosen:
             values[n] = new.placeholder(f"v_{n.name}")
     for n in graph.nodes:
-        if n.op in ("placeholder", "output"):
+        if n.op in ("placeholder", "output") or n in env:
+            continue
+        if variant == "moving" and n not in moving and n.op != "get_attr":
+            if n in chosen_set:
+                env[n] = values[n]
             continue
         copied = new.node_copy(n, env.__getitem__)
         env[n] = copied
@@ -355,15 +388,19 @@ def _build(graph: fx.Graph, chosen: list[fx.Node], output: fx.Node, variant: str
                 values[n] = new.call_function(_alias, (copied,))
             env[n] = values[n]
     out = env[output]
-    mus = tuple(predictions[n] for n in chosen)
     vs = tuple(values[n] for n in chosen)
     if variant == "with_values":
         new.output((out, *vs))
     elif variant == "cut":
-        new.output((out, mus, vs))
+        new.output((out, tuple(predictions[n] for n in chosen), vs, tuple(env[n] for n in boundary)))
+    elif variant == "moving":
+        new.output((out, *(predictions[n] for n in chosen if n in moving)))
     else:
-        new.output((out, *mus))
-    return fx.GraphModule(root, new, class_name=f"PC_{variant}")
+        new.output((out, *(predictions[n] for n in chosen)))
+    gm = fx.GraphModule(root, new, class_name=f"PC_{variant}")
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
 
 
 def capture(model: nn.Module, example_inputs: tuple[Any, ...], *,
@@ -421,6 +458,8 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], *,
         forward_with_values=_build(graph, chosen, output, "with_values", root),
         forward_cut=_build(graph, chosen, output, "cut", root),
         predict=_build(graph, chosen, output, "predict", root),
+        predict_moving=_build(graph, chosen, output, "moving", root),
+        moving=tuple(i for i, n in enumerate(chosen) if n in _static_split(graph, chosen, output)[0]),
     )
 
 

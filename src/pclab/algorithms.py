@@ -288,10 +288,14 @@ class Incremental:
                     feedforward_loss = loss_sum.detach()
                 trace.record(errors, loss_sum)
                 n = len(values)
+                for p in problem.params:  # last tick's gradient is spent: free it before the next
+                    p.grad = None
                 # One VJP for both: with these weights it yields -dF/dv and -dF/dtheta.
                 d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
                                         [-torch.ones_like(loss_sum), *errors], materialize_grads=True)
-                fb, grads = d[:n], [x.neg() / B for x in d[n:]]
+                fb, grads = list(d[:n]), list(d[n:])
+                del d
+                torch._foreach_mul_(grads, -1.0 / B)  # in place: no second copy of the gradients
                 raise_if_diverged(g, trace.tensor(B), grads)
                 learning.assign(problem.params, grads)
                 optimizer.step()

@@ -92,6 +92,8 @@ def _prepare_ce(output: Tensor, target: Tensor) -> Tensor:
 def _cross_entropy(output: Tensor, target: Tensor) -> Tensor:
     # Classes are the last dimension (token logits (B, L, V) included); an example's
     # loss is its mean over positions so the batch mean equals F.cross_entropy(mean).
+    if output.ndim == 2:
+        return F.cross_entropy(output, target, reduction="none")
     logits = output.reshape(-1, output.shape[-1])
     flat_target = target.reshape(-1, *target.shape[output.ndim - 1:])
     losses = F.cross_entropy(logits, flat_target, reduction="none")

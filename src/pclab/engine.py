@@ -11,7 +11,7 @@ Example::
     >>> result = pc.step(x, y)     # inference + local learning; gradients land in p.grad
     >>> opt.step()
     >>> sorted(result.energies)
-    ['1', '3', 'output']
+    ['1', 'output']
 """
 
 from __future__ import annotations

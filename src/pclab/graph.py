@@ -29,7 +29,7 @@ Example::
     >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     >>> g = capture(net, (torch.randn(2, 4),))
     >>> g.names, g.parents["output"]
-    (('_0',), ('_0',))
+    (('0',), ('0',))
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -80,20 +80,24 @@ def check_algorithm(name: str) -> str:
 
 @dataclass
 class History:
-    """What a run measured: the loss at every step and the rows ``evaluate`` returned."""
+    """What a run measured: the loss at every step (before it), the weight norm after
+    every step, and the rows ``evaluate`` returned."""
 
     loss: list[float] = field(default_factory=list)
+    weight_norm: list[float] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     diverged: bool = False
     diverged_at: int | None = None
     reason: str = ""
+    stopped_at: int | None = None
 
     def column(self, key: str) -> list[Any]:
         return [row.get(key) for row in self.evals]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss, "evals": self.evals, "diverged": self.diverged,
-                "diverged_at": self.diverged_at, "reason": self.reason}
+        return {"loss": self.loss, "weight_norm": self.weight_norm, "evals": self.evals, "diverged": self.diverged,
+                "diverged_at": self.diverged_at, "reason": self.reason,
+                "stopped_at": self.stopped_at}
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -104,13 +108,15 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def train(model: nn.Module, recipe: Recipe, x: Tensor, y: Tensor, *, seed: int = 0,
-          eval_every: int = 0, evaluate: Callable[[int], dict[str, Any]] | None = None,
-          blowup: float = 1e4) -> History:
+          eval_steps: Iterable[int] = (), evaluate: Callable[[int], dict[str, Any]] | None = None,
+          blowup: float = 1e4, stop: Callable[[History], bool] | None = None) -> History:
     """Train ``model`` in place on ``(x, y)`` by ``recipe``; return its :class:`History`.
 
-    ``evaluate(step)`` runs before step 0, every ``eval_every`` steps and after the
-    last step (its rows carry ``"step"``). Mini-batches are drawn without
-    replacement, reshuffled each epoch, seeded by ``seed``.
+    ``evaluate(step)`` runs before step 0, after each step count in ``eval_steps``
+    and after the last step; its rows carry ``"step"`` (the number of optimizer
+    steps taken). ``stop(history)``, checked after each evaluation, ends training
+    early when true (e.g. once a target accuracy is reached). Mini-batches are
+    drawn without replacement, reshuffled each epoch, seeded by ``seed``.
     """
     learn = learner(model, recipe.algorithm, loss=recipe.loss, steps=recipe.pc_steps,
                     step_size=recipe.pc_step_size)
@@ -122,6 +128,8 @@ def train(model: nn.Module, recipe: Recipe, x: Tensor, y: Tensor, *, seed: int =
     batch = n if recipe.batch_size in (0, None) or recipe.batch_size >= n else recipe.batch_size
     gen = torch.Generator().manual_seed(seed)
     order, cursor = torch.arange(n), n
+
+    wanted = set(eval_steps)
 
     def log(step: int) -> None:
         if evaluate is not None:
@@ -157,11 +165,24 @@ def train(model: nn.Module, recipe: Recipe, x: Tensor, y: Tensor, *, seed: int =
         if recipe.algorithm != "incremental":
             _decay(params, recipe.lr * decay)
             opt.step()
-        if eval_every and (step + 1) % eval_every == 0 and step + 1 < recipe.steps:
+        with torch.no_grad():
+            history.weight_norm.append(float(torch.stack(torch._foreach_norm(params)).norm()))
+        if step + 1 in wanted and step + 1 < recipe.steps:
             log(step + 1)
-    if not history.diverged:
-        log(recipe.steps)
+            if stop is not None and stop(history):
+                history.stopped_at = step + 1
+                return history
+    if not history.diverged and recipe.steps > 0:
+        log(len(history.loss))
     return history
+
+
+def eval_schedule(steps: int, every: int) -> list[int]:
+    """Steps 1, 2, 4, 8, ... (early dynamics are fast) and every ``every``-th step, up to ``steps``."""
+    grid = {2**k for k in range(max(steps, 1).bit_length()) if 2**k <= steps}
+    if every > 0:
+        grid |= set(range(every, steps + 1, every))
+    return sorted(grid | {steps})
 
 
 @torch.no_grad()

@@ -1,0 +1,145 @@
+"""What every lab command shares: option parsing, input checks, the run folder.
+
+Each command turns its options into a typed experiment config, checks it (a bad
+grid fails with :class:`ConfigError` before any run starts), runs the sweep and
+writes ``<out>/``:
+
+* ``config.json``: the experiment config, every hyperparameter and seed;
+* ``runs/<id>.json``: one raw record per finished run (see :mod:`.sweep`);
+* ``results.json``: all records of this config, in sweep order;
+* ``*.png`` plots and ``summary.md``, whose every number is computed from the
+  records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import numpy as np
+import typer
+
+from .sweep import config_dict, write_json_atomic, write_text_atomic
+from .training import ALGORITHMS
+
+T = TypeVar("T")
+
+
+# Options every command takes, with their help text (typer reads ``Annotated``).
+Quick = Annotated[bool, typer.Option(help="Small preset that finishes in about a minute on 2 cores.")]
+Algorithms = Annotated[str, typer.Option(help="Comma-separated: bp and PC algorithms (exact, fpa, pc, incremental).")]
+Workers = Annotated[int, typer.Option(help="Local worker processes (1: run in this process).")]
+Ray = Annotated[bool, typer.Option(help="Run the sweep on a Ray cluster instead of local processes.")]
+RayAddress = Annotated[str, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")]
+Seed = Annotated[int, typer.Option(help="First seed; runs use seed, seed+1, ...")]
+NumSeeds = Annotated[int, typer.Option(help="Seeds per grid point (0: the preset's).")]
+DataDir = Annotated[Optional[Path], typer.Option(help="Fashion-MNIST folder (default: $PCLAB_DATA/fashion-mnist, "
+                                                 "../shared/datasets/fashion-mnist, else digits).")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
+def seeds(seed: int, num_seeds: int, preset: Sequence[int]) -> tuple[int, ...]:
+    """``seed, seed+1, ...``: ``num_seeds`` of them, or as many as the preset has."""
+    require(seed >= 0, f"--seed must be >= 0; got {seed}")
+    require(num_seeds >= 0, f"--num-seeds must be >= 0; got {num_seeds}")
+    return tuple(range(seed, seed + (num_seeds or len(preset))))
+
+
+def bad_parameter(error: ConfigError) -> typer.BadParameter:
+    """The CLI form of a config error: typer prints it and exits with status 2."""
+    return typer.BadParameter(str(error))
+
+
+class ConfigError(ValueError):
+    """An experiment's options cannot describe a valid sweep; raised before any run."""
+
+
+def parse_list(text: str | Sequence[Any], kind: Callable[[str], T], option: str) -> tuple[T, ...]:
+    """``"1,2, 4"`` -> ``(1, 2, 4)``; a sequence passes through converted. Empty is an error."""
+    items = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)
+    items = [t for t in items if t != ""]
+    if not items:
+        raise ConfigError(f"--{option} is empty: give at least one value, e.g. --{option} 1,2")
+    try:
+        return tuple(kind(t) for t in items)
+    except ValueError as e:
+        raise ConfigError(f"--{option}: cannot read {text!r} as a comma-separated list of "
+                          f"{kind.__name__}: {e}") from e
+
+
+def override(preset: T, **options: Any) -> T:
+    """``preset`` with every option that is not ``None``/``""`` replaced."""
+    given = {k: v for k, v in options.items() if v is not None and v != ""}
+    return dataclasses.replace(preset, **given)
+
+
+def check_algorithms(algorithms: Sequence[str]) -> None:
+    require(len(algorithms) > 0, "--algorithms is empty; give e.g. bp,pc")
+    for a in algorithms:
+        require(a in ALGORITHMS, f"unknown algorithm {a!r} in --algorithms; valid: {', '.join(ALGORITHMS)}")
+    require(len(set(algorithms)) == len(algorithms), f"--algorithms repeats a name: {algorithms}")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def check_positive(values: Sequence[float], option: str, *, integer: bool = False) -> None:
+    require(len(values) > 0, f"--{option} is empty: the grid needs at least one value")
+    for v in values:
+        if integer:
+            require(isinstance(v, int) and v >= 1, f"--{option}: {v!r} is not an integer >= 1")
+        else:
+            require(math.isfinite(v) and v > 0, f"--{option}: {v!r} must be a positive number")
+    require(len(set(values)) == len(values), f"--{option} repeats a value: {tuple(values)}")
+
+
+def write_outputs(out: Path, config: Any, records: list[dict], summary: str) -> None:
+    """``config.json``, ``results.json`` and ``summary.md`` in ``out``."""
+    write_json_atomic(out / "config.json", {"experiment": type(config).__name__,
+                                            **config_dict(config),
+                                            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json_atomic(out / "results.json", records)
+    write_text_atomic(out / "summary.md", summary)
+
+
+# ------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of the finite values."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A number for a summary table; ``-`` for missing or NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}g}" if abs(x) >= 1e4 or (0 < abs(x) < 1e-3) else f"{x:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
-import click
 import typer
 
 from . import training
@@ -208,7 +207,7 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
-def _register_experiments() -> None:
+def _register_experiments(target: typer.Typer = app) -> None:
     """Add the lab's experiment commands (``pclab.experiments.COMMANDS``), once that package exists.
 
     Only the package's own absence is tolerated; an import error *inside* it is a
@@ -225,22 +224,34 @@ def _register_experiments() -> None:
     if getattr(experiments, "__file__", None) is None:
         return  # a folder without __init__.py yet (a namespace package): not written yet
     for command_name, command in experiments.COMMANDS.items():
-        app.command(command_name)(command)
+        target.command(command_name)(command)
 
 
 _register_experiments()
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    # Recent typer vendors its own click (typer.TyperException); older typer raises
+    # click's ClickException. Both carry ``show()`` and ``exit_code``.
+    kinds: list[type[Exception]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+
+        kinds.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     try:
+        # standalone_mode=False: return instead of sys.exit, so tests and callers get the code.
         result = app(args=argv, prog_name="pclab", standalone_mode=False)
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    except click.ClickException as err:  # usage errors: unknown flag, bad int, ...
-        err.show()
-        return err.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("Aborted.", err=True)
         return 130
+    except _usage_errors() as err:  # unknown flag, a value that is not an int, ...
+        err.show()
+        return err.exit_code
     return result if isinstance(result, int) else 0

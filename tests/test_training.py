@@ -9,7 +9,6 @@ killed process leaves whole files.
 from __future__ import annotations
 
 import dataclasses
-import doctest
 import json
 import os
 import subprocess
@@ -64,11 +63,6 @@ class CrashAfterEpoch(training.Callback):
 
 
 # ------------------------------------------------------------------- config
-
-
-def test_doctests():
-    result = doctest.testmod(training, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("changes, key", [

@@ -23,7 +23,8 @@ rewrites the metrics files from it even if the run died between the two writes.
 data order of epoch ``e`` is a permutation drawn from a generator seeded by
 ``(seed, e)`` alone, so it does not depend on how many epochs ran in this process.
 Resuming from the checkpoint of epoch ``k`` therefore ends bit-identical to an
-uninterrupted run on CPU.
+uninterrupted run on CPU (with the same ``threads``: the thread count can change
+how float sums are ordered).
 
 **Several processes.** Under ``torchrun --nproc_per_node=N -m pclab train ...``
 (or any initialised ``torch.distributed`` group) each global batch of
@@ -31,7 +32,13 @@ uninterrupted run on CPU.
 its shard (PC inference is per example, so shards are independent) and the weight
 gradients are averaged, weighted by shard size, with one flattened ``all_reduce``
 before the optimizer step. The update is that of one process on the global batch,
-up to float summation order. Only rank 0 writes files and shows progress.
+up to float summation order. ``"incremental"`` steps the optimizer inside
+``pc.step`` at every inference tick, so there the optimizer is wrapped in
+:class:`AllReduceOptimizer`, whose ``step()`` all-reduces first. Batch norm is the
+exception to "per example": its batch statistics are per shard, and rank 0's
+running statistics are kept. Only rank 0 writes files and shows progress. A
+process that diverges tells the others through the same collectives, so all stop
+with :class:`RunDiverged` instead of waiting for each other.
 
 Example (no files: ``out`` is ``None``)::
 
@@ -625,6 +632,8 @@ class _Processes:
             return cls()
         # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT: the env:// rendezvous.
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if cuda:  # one GPU per process; NCCL's object collectives use the current device
+            torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
 

@@ -9,16 +9,17 @@ killed process leaves whole files.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import tqdm
 import yaml
 
 import pclab
@@ -190,6 +191,22 @@ def test_dataset_argument_replaces_loading():
     ds = data_lib.load("digits", train_size=40, seed=1)
     result = training.train(tiny(data="my-task", epochs=1, algorithm="bp"), dataset=ds)
     assert len(result.history) == 1
+
+
+def test_progress_bar_on_a_terminal_shows_epoch_batches_loss_energy_accuracy(monkeypatch, capsys):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    # Redraw at every batch, however fast (the bar is built with `from tqdm import tqdm`).
+    monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, mininterval=0))
+    training.train(tiny(epochs=1), progress=True)
+    bar = terminal.getvalue()
+    assert "epoch 1/1" in bar and "4/4" in bar  # 60 examples in batches of 16
+    assert all(f"{name}=" in bar for name in ("loss", "energy", "acc"))
+    assert capsys.readouterr().out.startswith("epoch 1/1  loss ")  # the epoch line, on stdout
 
 
 def test_threads_setting_is_restored():

@@ -853,6 +853,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             :class:`pclab.data.Dataset`, e.g. the lab's own tasks); ``config.data``
             then only names it. Pass it again to resume.
 
+    Like any training script, it seeds Python's, numpy's and torch's global
+    generators from ``config.seed`` (a resume restores them from the checkpoint).
+
     Raises:
         ConfigError: a bad setting (unknown dataset, options that do not fit).
         RunFolderError: ``out`` exists (without ``resume``/``overwrite``) or has

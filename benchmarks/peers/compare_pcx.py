@@ -33,6 +33,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # also when loaded by file path (tests)
+    sys.path.insert(0, str(HERE))
+import harness  # noqa: E402  (stdlib + numpy only)
+
 REPO_ROOT = HERE.parents[1]
 PCX_PYTHON = HERE / ".venv" / "bin" / "python"
 SCRIPTS = {"pcx": HERE / "pcx_mlp.py", "pclab": HERE / "pclab_mlp.py"}
@@ -173,15 +177,7 @@ def table(summary: dict, args: argparse.Namespace, n_timed: dict[str, list[int]]
 
 
 def machine() -> dict:
-    cpu_model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": cpu_model, "nproc": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu_model": harness.cpu_model(), "nproc": os.cpu_count(), "platform": platform.platform(),
             "loadavg_1_5_15": list(os.getloadavg())}
 
 

@@ -1,0 +1,421 @@
+"""Final test accuracy of every algorithm on named suites, mean ± std over seeds.
+
+Each suite trains one model on one dataset with ``bp`` and the predictive-coding
+algorithms through :func:`pclab.training.train` (what ``pclab train`` runs), for N
+seeds, and reports the last epoch's test accuracy. Every hyperparameter comes from
+the one table :data:`SUITES` below and is written into the results, with the
+resolved :class:`~pclab.training.TrainConfig` of every run.
+
+``--tune`` picks the learning rate of each algorithm from :data:`LR_GRID` by the
+accuracy on a validation split carved from the training set
+(:func:`pclab.data.validation_split`, seed 0), never on the test set; every
+algorithm gets the same grid, epochs and seed, so the same budget.
+
+Datasets resolve to ``<repo>/../shared/datasets/<folder>`` (``--data-root``
+overrides the parent folder); a suite whose files are absent is skipped with a note.
+
+    python benchmarks/accuracy.py --suites digits-mlp     # merges into benchmarks/results/accuracy.json
+    python benchmarks/accuracy.py --render                # benchmarks/RESULTS.md from benchmarks/results/*.json
+    python benchmarks/accuracy.py --smoke                 # seconds: what the test suite runs (writes nothing)
+
+``accuracy.json`` holds one entry per suite, each with its own date, machine and
+command, so running one suite replaces that suite only. ``--render`` builds
+``RESULTS.md`` from the JSON files alone (accuracy, ``speed.json``,
+``peers/results/compare_pcx.json``): no number in it is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pclab import data as data_lib
+from pclab.training import RunDiverged, TrainConfig, train
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+DATA_ROOT = REPO_ROOT.parent / "shared" / "datasets"
+RESULTS_DIR = HERE / "results"
+PEERS_RESULTS_DIR = HERE / "peers" / "results"
+RESULTS_MD = HERE / "RESULTS.md"
+
+ALGORITHMS = ("bp", "exact", "fpa", "pc", "incremental")
+LR_GRID = (3e-4, 1e-3, 3e-3)
+VALIDATION_FRACTION = 0.1
+_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One benchmark: a dataset, a model (one or more variants) and per-algorithm settings.
+
+    ``config`` holds the :class:`TrainConfig` fields shared by every algorithm (anything
+    left out is ``pclab train``'s default); ``per_algorithm`` overrides them for one
+    algorithm. ``variants`` maps a label to the model options (several for depth sweeps).
+    """
+
+    data: str
+    folder: str | None  # under the data root; None: the dataset needs no files (digits)
+    model: str
+    variants: dict[str, dict[str, Any]]
+    algorithms: tuple[str, ...] = ALGORITHMS
+    config: dict[str, Any] = field(default_factory=dict)
+    per_algorithm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    note: str = ""
+
+
+MLP = {"width": 128, "depth": 2}  # 784-128-128-10 on 28x28 images; 64-128-128-10 on digits
+
+# The one table of hyperparameters. Empty config = `pclab train` defaults:
+# AdamW lr 1e-3, batch 32, T = 20 inference steps, the algorithm's default step size, 30 epochs.
+SUITES: dict[str, Suite] = {
+    "digits-mlp": Suite("digits", None, "mlp", {"mlp 64-128-128-10": MLP},
+                        note="scikit-learn digits (1,437 train / 360 test), pclab train defaults"),
+    "mnist-mlp": Suite("mnist", "mnist-10k", "mlp", {"mlp 784-128-128-10": MLP},
+                       note="MNIST subset of 8,500 train / 1,500 test"),
+    "fmnist-mlp": Suite("fashion-mnist", "fashion-mnist", "mlp", {"mlp 784-128-128-10": MLP},
+                        config={"epochs": 50, "batch_size": 64},
+                        note="full Fashion-MNIST (60,000 / 9,947); 50 epochs, where test accuracy plateaus"),
+    "fmnist-cnn": Suite("fashion-mnist", "fashion-mnist", "cnn", {"vgg5": {"variant": "vgg5"}},
+                        config={"epochs": 20, "batch_size": 64},
+                        note="small VGG-style CNN (pclab.models cnn variant vgg5)"),
+    "fmnist-depth": Suite("fashion-mnist", "fashion-mnist", "resnet",
+                          {f"residual mlp depth {d}": {"kind": "mlp", "depth": d, "width": 128}
+                           for d in (8, 32, 64)},
+                          algorithms=("bp", "pc"), config={"epochs": 20, "batch_size": 64},
+                          note="residual MLPs of depth 8 / 32 / 64, pc against bp"),
+}
+SMOKE = {"suite": "digits-mlp", "algorithms": ("bp", "pc"), "seeds": 1,
+         "config": {"epochs": 1, "train_size": 200, "steps": 5}}
+
+
+def suite_command(name: str) -> str:
+    return f"python benchmarks/accuracy.py --suites {name}"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _data_dir(suite: Suite, root: Path) -> Path | None:
+    return None if suite.folder is None else root / suite.folder
+
+
+def _missing(suite: Suite, root: Path) -> str | None:
+    folder = _data_dir(suite, root)
+    if folder is None:
+        return None
+    absent = [f for f in _IDX_FILES if not (folder / f).is_file()]
+    return f"{folder} lacks {', '.join(absent)}" if absent else None
+
+
+def _configs(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
+             data_dir: Path | None) -> TrainConfig:
+    fields = {**suite.config, **suite.per_algorithm.get(algorithm, {}), **extra}
+    return TrainConfig(data=suite.data, data_dir=str(data_dir) if data_dir else None, model=suite.model,
+                       model_options=variant, algorithm=algorithm, device="cpu", **fields)
+
+
+def _run_one(config: TrainConfig, dataset: data_lib.Dataset) -> dict[str, Any]:
+    tick = time.perf_counter()
+    try:
+        result = train(config, dataset=dataset)
+    except RunDiverged as err:
+        return {"test_accuracy": None, "diverged": str(err), "wall_s": time.perf_counter() - tick}
+    return {"test_accuracy": result.final_test_accuracy,
+            "test_loss": next((h.test_loss for h in reversed(result.history) if h.test_loss is not None), None),
+            "test_accuracy_per_epoch": [h.test_accuracy for h in result.history],
+            "train_loss_per_epoch": [h.train_loss for h in result.history],
+            "seconds_per_epoch": result.seconds_per_epoch, "wall_s": time.perf_counter() - tick}
+
+
+def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
+          data_dir: Path | None, val: data_lib.Dataset, log) -> dict[str, Any]:
+    """Learning rate with the best validation accuracy (ties: the smaller rate); seed 0."""
+    scores = {}
+    for lr in LR_GRID:
+        config = _configs(suite, algorithm, variant, {**extra, "lr": lr, "seed": 0}, data_dir)
+        acc = _run_one(config, val)["test_accuracy"]
+        scores[lr] = acc
+        log(f"  tune {algorithm} lr {lr:g}: validation accuracy {_fmt(acc)}")
+    best = max(LR_GRID, key=lambda lr: (scores[lr] if scores[lr] is not None else -1.0, -lr))
+    return {"grid": list(LR_GRID), "validation_accuracy": [scores[lr] for lr in LR_GRID], "lr": best}
+
+
+def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[str, ...],
+              extra: dict[str, Any], data_root: Path, tune: bool, log=print) -> dict[str, Any]:
+    data_dir = _data_dir(suite, data_root)
+    dataset = data_lib.load(suite.data, data_dir, download=False, train_size=extra.get("train_size"))
+    extra = {k: v for k, v in extra.items() if k != "train_size"}  # applied once, above
+    val = validation_split = None
+    if tune:
+        fit, val = data_lib.validation_split(dataset, VALIDATION_FRACTION, seed=0)
+        validation_split = {"fraction": VALIDATION_FRACTION, "seed": 0, "train": len(fit.y_train),
+                            "validation": len(val.y_test)}
+    runs, tuning, hyper = [], {}, {}
+    for label, variant in suite.variants.items():
+        for algorithm in algorithms:
+            chosen = dict(extra)
+            if tune:
+                tuning[f"{label}/{algorithm}"] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log)
+                chosen["lr"] = t["lr"]
+            hyper[f"{label}/{algorithm}"] = _configs(suite, algorithm, variant, chosen, data_dir).to_dict()
+            for seed in seeds:
+                config = _configs(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir)
+                run = {"variant": label, "algorithm": algorithm, "seed": seed, **_run_one(config, dataset)}
+                runs.append(run)
+                log(f"  {label:<22} {algorithm:<12} seed {seed}: test accuracy {_fmt(run['test_accuracy'])}"
+                    f"  ({run['wall_s']:.1f} s)")
+    return {"suite": name, "dataset": suite.data, "data_dir": str(data_dir) if data_dir else None,
+            "train_examples": len(dataset.y_train), "test_examples": len(dataset.y_test),
+            "model": suite.model, "note": suite.note, "seeds": seeds, "tuned": tune,
+            "tuning": tuning, "validation_split": validation_split,
+            "table_entry": {"config": suite.config, "per_algorithm": suite.per_algorithm,
+                            "variants": suite.variants, "overrides": extra},
+            "hyperparameters": hyper, "runs": runs, "summary": summarise(runs)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std of the final test accuracy per (variant, algorithm); diverged runs counted apart."""
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        rows.setdefault((run["variant"], run["algorithm"]), []).append(run)
+    out = []
+    for (variant, algorithm), group in rows.items():
+        accs = [r["test_accuracy"] for r in group if r["test_accuracy"] is not None]
+        out.append({"variant": variant, "algorithm": algorithm, "n": len(accs),
+                    "diverged": len(group) - len(accs),
+                    "mean": statistics.fmean(accs) if accs else None,
+                    "std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
+                    "test_loss_mean": statistics.fmean(r["test_loss"] for r in group
+                                                       if r["test_accuracy"] is not None) if accs else None,
+                    "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in group
+                                                          if "seconds_per_epoch" in r) if accs else None})
+    return out
+
+
+def _fmt(acc: float | None) -> str:
+    return "diverged" if acc is None else f"{acc:.4f}"
+
+
+def _mean_std(row: dict[str, Any]) -> str:
+    if row["mean"] is None:
+        return f"diverged ({row['diverged']})"
+    text = f"{row['mean']:.4f} ± {row['std']:.4f}"
+    return text + (f" ({row['diverged']} diverged)" if row["diverged"] else "")
+
+
+def table(entry: dict[str, Any]) -> str:
+    head = f"{'variant':<24}{'algorithm':<13}{'test accuracy':>22}{'test loss':>11}{'n':>4}{'s/epoch':>10}"
+    lines = [head, "-" * len(head)]
+    for r in entry["summary"]:
+        spe = f"{r['seconds_per_epoch']:.2f}" if r["seconds_per_epoch"] is not None else "-"
+        loss = f"{r['test_loss_mean']:.4f}" if r["test_loss_mean"] is not None else "-"
+        lines.append(f"{r['variant']:<24}{r['algorithm']:<13}{_mean_std(r).replace('±', '+-'):>22}"
+                     f"{loss:>11}{r['n']:>4}{spe:>10}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render(results_dir: Path, peers_dir: Path | None = None) -> str:
+    """RESULTS.md from every JSON in ``results_dir`` (and the PCX comparison in ``peers_dir``)."""
+    lines = ["# Benchmark results", "",
+             "Generated by `python benchmarks/accuracy.py --render` from the JSON files in "
+             "`benchmarks/results/` and `benchmarks/peers/results/compare_pcx.json`; do not edit by hand. "
+             "Each section names the machine, the command and the date of the run it shows.", ""]
+    suites_done: set[str] = set()
+    for path in sorted(results_dir.glob("accuracy*.json")):
+        report = json.loads(path.read_text())
+        for name, entry in report.get("suites", {}).items():
+            suites_done.add(name)
+            lines += _render_accuracy(name, entry, path.name)
+    lines += ["## Accuracy suites not yet run here", ""]
+    missing = [name for name in SUITES if name not in suites_done]
+    if missing:
+        lines += ["Commands to run them (from the repository root):", ""]
+        lines += [f"- `{name}`: `{suite_command(name)}` ({SUITES[name].note})" for name in missing]
+    else:
+        lines.append("None.")
+    lines.append("")
+    speed = results_dir / "speed.json"
+    if speed.is_file():
+        lines += _render_speed(json.loads(speed.read_text()))
+    pcx = peers_dir / "compare_pcx.json" if peers_dir is not None else None
+    if pcx is not None and pcx.is_file():
+        lines += _render_pcx(json.loads(pcx.read_text()))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    parts = [m.get("cpu") or m.get("cpu_model"), f"{m.get('cores') or m.get('nproc')} cores"]
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}")
+    if m.get("torch_threads"):
+        parts.append(f"{m['torch_threads']} torch threads")
+    return ", ".join(str(p) for p in parts if p)
+
+
+def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]:
+    hyper = entry["hyperparameters"]
+    any_cfg = next(iter(hyper.values()))
+    shared = {k: any_cfg[k] for k in ("epochs", "batch_size", "optimizer", "lr", "steps", "step_size",
+                                      "weight_decay", "loss", "threads")}
+    varying = {k for cfg in hyper.values() for k in shared if cfg[k] != shared[k]}
+    shown = ", ".join(f"{k} {v}" for k, v in shared.items() if k not in varying)
+    lines = [f"## Accuracy: `{name}`", "",
+             f"- {entry['note']}; {entry['train_examples']} train / {entry['test_examples']} test examples, "
+             f"seeds {', '.join(map(str, entry['seeds']))}",
+             f"- date: {entry['date']}; machine: {_machine_line(entry['machine'])}",
+             f"- command (from the repository root): `{entry['command']}`",
+             f"- settings: {shown}" + (f"; per algorithm: {', '.join(sorted(varying))}" if varying else ""),
+             f"- learning rate: {'tuned per algorithm on a validation split' if entry['tuned'] else 'fixed'}",
+             f"- source: `benchmarks/results/{source}` (every run, full config per algorithm)", "",
+             "| model | algorithm | final test accuracy (mean ± std) | final test loss (mean) | runs | s/epoch |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in entry["summary"]:
+        spe = f"{r['seconds_per_epoch']:.2f}" if r["seconds_per_epoch"] is not None else "-"
+        loss = f"{r['test_loss_mean']:.4f}" if r.get("test_loss_mean") is not None else "-"
+        lines.append(f"| {r['variant']} | {r['algorithm']} | {_mean_std(r)} | {loss} | {r['n']} | {spe} |")
+    lines.append("")
+    return lines
+
+
+def _render_speed(report: dict[str, Any]) -> list[str]:
+    lines = ["## Speed: one training step against backprop", "",
+             f"- date: {report['date']}; machine: {_machine_line(report['machine'])}",
+             f"- command: `python benchmarks/{report['command']}`, batch {report['batch']}",
+             "- source: `benchmarks/results/speed.json`", "",
+             "| model | algorithm | T | ms/step | × bp | × budget | budget | peak memory × bp |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in report["rows"]:
+        def num(key):
+            v = r.get(key)
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+        lines.append(f"| {r['model']} | {r['algorithm']} | {r['T'] or ''} | {r['ms_per_step']:.2f} | "
+                     f"{r['vs_bp']:.2f} | {num('vs_budget')} | {r.get('budget', '')} | {num('peak_memory_vs_bp')} |")
+    lines.append("")
+    return lines
+
+
+def _render_pcx(report: dict[str, Any]) -> list[str]:
+    lines = ["## PCX (JAX) against pclab: PC MLP on Fashion-MNIST", "",
+             f"- date (UTC): {report['date_utc']}; machine: {_machine_line(report['machine'])}",
+             f"- command: `{report['command']}`",
+             "- source: `benchmarks/peers/results/compare_pcx.json`", "",
+             "| | PCX (JAX) | pclab (torch) |", "| --- | --- | --- |"]
+    lines += [f"| {k.strip()} | {a} | {b} |" for k, a, b in report["table"]]
+    lines.append("")
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", default="digits-mlp",
+                        help=f"comma-separated, or 'all' ({', '.join(SUITES)})")
+    parser.add_argument("--algorithms", default=None, help="comma-separated subset of the suite's algorithms")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--epochs", type=int, default=None, help="override the table's epochs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1)")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"pick lr per algorithm from {LR_GRID} on a validation split of train")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help=f"default: {DATA_ROOT}")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="results file, merged per suite (default: benchmarks/results/accuracy.json; "
+                             "--smoke writes nothing unless given)")
+    parser.add_argument("--smoke", action="store_true", help="tiny run (seconds) for the test suite")
+    parser.add_argument("--render", action="store_true", help="write RESULTS.md from the JSON results and stop")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where --render reads")
+    parser.add_argument("--peers-dir", type=Path, default=PEERS_RESULTS_DIR, help="where --render finds compare_pcx.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_MD, help="where --render writes")
+    args = parser.parse_args(argv)
+
+    if args.render:
+        text = render(args.results_dir, args.peers_dir)
+        _atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+        return {"markdown": text}
+
+    command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
+    extra: dict[str, Any] = {}
+    if args.smoke:
+        names, seeds = [SMOKE["suite"]], list(range(SMOKE["seeds"]))
+        extra.update(SMOKE["config"])
+    else:
+        names = list(SUITES) if args.suites == "all" else args.suites.split(",")
+        seeds = list(range(args.seeds))
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {unknown[0]!r}; valid suites: {', '.join(SUITES)}")
+    if args.epochs is not None:
+        extra["epochs"] = args.epochs
+    if args.threads is not None:
+        extra["threads"] = args.threads
+
+    json_path = args.json if args.json is not None or args.smoke else RESULTS_DIR / "accuracy.json"
+    report: dict[str, Any] = {"suites": {}, "skipped": {}}
+    for name in names:
+        suite = SUITES[name]
+        missing = _missing(suite, args.data_root)
+        if missing:
+            print(f"skipping {name}: {missing} (pass --data-root)", flush=True)
+            report["skipped"][name] = missing
+            continue
+        algorithms = SMOKE["algorithms"] if args.smoke else (
+            tuple(args.algorithms.split(",")) if args.algorithms else suite.algorithms)
+        print(f"{name}: {', '.join(algorithms)} x {len(seeds)} seed(s)", flush=True)
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        entry = run_suite(name, suite, seeds=seeds, algorithms=algorithms, extra=extra,
+                          data_root=args.data_root, tune=args.tune,
+                          log=lambda s: print(s, flush=True))
+        entry = {"date": started, "machine": machine(), "command": command, **entry}
+        report["suites"][name] = entry
+        print(table(entry), flush=True)
+        if json_path is not None:  # after each suite, so a long run keeps what finished
+            merged = json.loads(json_path.read_text()) if json_path.is_file() else {"suites": {}}
+            merged["suites"][name] = entry
+            _atomic_write_text(json_path, json.dumps(merged, indent=1) + "\n")
+            print(f"wrote {json_path}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()

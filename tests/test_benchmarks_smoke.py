@@ -1,0 +1,103 @@
+"""The benchmark scripts run end to end in seconds, and RESULTS.md shows what the JSON holds.
+
+``benchmarks/accuracy.py --smoke`` and ``benchmarks/speed.py --smoke`` are loaded from
+their files (they are scripts, not package modules) and run through ``main(argv)``.
+Nothing here reads or writes ``benchmarks/results/``: results go to ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    path = REPO_ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    return _load("accuracy")
+
+
+def test_accuracy_smoke_writes_one_entry_per_run(accuracy, tmp_path):
+    out = tmp_path / "accuracy_smoke.json"
+    report = accuracy.main(["--smoke", "--json", str(out)])
+    entry = report["suites"]["digits-mlp"]
+    assert [(r["algorithm"], r["seed"]) for r in entry["runs"]] == [("bp", 0), ("pc", 0)]
+    for run in entry["runs"]:
+        assert 0.0 <= run["test_accuracy"] <= 1.0
+        assert len(run["test_accuracy_per_epoch"]) == 1  # one epoch
+    assert {r["algorithm"] for r in entry["summary"]} == {"bp", "pc"}
+    assert set(entry["machine"]) >= {"cpu", "cores", "torch"}
+    assert entry["command"].startswith("python benchmarks/accuracy.py --smoke")
+    assert entry["hyperparameters"]["mlp 64-128-128-10/pc"]["algorithm"] == "pc"
+    on_disk = json.loads(out.read_text())
+    assert on_disk["suites"]["digits-mlp"]["runs"] == entry["runs"]
+
+
+def test_accuracy_skips_a_suite_without_data(accuracy, tmp_path, capsys):
+    report = accuracy.main(["--suites", "mnist-mlp", "--data-root", str(tmp_path), "--json",
+                            str(tmp_path / "a.json")])
+    assert "mnist-mlp" in report["skipped"] and not report["suites"]
+    assert "skipping mnist-mlp" in capsys.readouterr().out
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_speed_smoke_rows():
+    report = _load("speed").main(["--smoke"])
+    assert {r["algorithm"] for r in report["rows"]} == {"bp", "exact", "fpa", "pc", "incremental"}
+    for row in report["rows"]:
+        assert row["ms_per_step"] > 0 and row["vs_bp"] > 0
+    assert set(report["machine"]) >= {"cpu", "cores", "torch"}
+
+
+def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
+    results, peers = tmp_path / "results", tmp_path / "peers"
+    results.mkdir()
+    peers.mkdir()
+    runs = [{"variant": "m", "algorithm": "pc", "seed": s, "test_accuracy": a, "test_loss": 0.25,
+             "seconds_per_epoch": 0.5}
+            for s, a in enumerate([0.8125, 0.8375])]
+    entry = {"date": "2000-01-02T03:04:05+00:00", "command": "python benchmarks/accuracy.py --fabricated",
+             "machine": {"cpu": "Fabricated CPU 9000", "cores": 7, "torch": "0.0.0"},
+             "dataset": "digits", "train_examples": 11, "test_examples": 13, "model": "mlp",
+             "note": "a fabricated suite", "seeds": [0, 1], "tuned": False, "tuning": {},
+             "hyperparameters": {"m/pc": {"epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 0.001,
+                                          "steps": 20, "step_size": None, "weight_decay": 0.0, "loss": "ce",
+                                          "threads": 1}},
+             "runs": runs, "summary": accuracy.summarise(runs)}
+    (results / "accuracy.json").write_text(json.dumps({"suites": {"digits-mlp": entry}}))
+    speed = {"command": "speed.py --fabricated", "date": "2000-01-01T00:00:00",
+             "machine": {"cpu": "Fabricated CPU 9000", "cores": 7, "torch": "0.0.0", "torch_threads": 7},
+             "batch": 64, "rows": [{"model": "mlp", "algorithm": "fpa", "T": 8, "ms_per_step": 1.2345,
+                                    "vs_bp": 4.321, "budget": "fwd + T bwd", "vs_budget": 1.0987}]}
+    (results / "speed.json").write_text(json.dumps(speed))
+    pcx = {"date_utc": "2000-01-03T00:00:00+00:00", "command": "python compare_pcx.py --fabricated",
+           "machine": {"cpu_model": "Fabricated CPU 9000", "nproc": 7},
+           "table": [["steps/s", "123.4", "567.8"]]}
+    (peers / "compare_pcx.json").write_text(json.dumps(pcx))
+    out = tmp_path / "RESULTS.md"
+
+    accuracy.main(["--render", "--results-dir", str(results), "--peers-dir", str(peers), "--out", str(out)])
+
+    text = out.read_text()
+    mean, std = (0.8125 + 0.8375) / 2, 0.0176777  # sample std of the two
+    assert f"| m | pc | {mean:.4f} ± {std:.4f} | 0.2500 | 2 | 0.50 |" in text
+    for fact in ("Fabricated CPU 9000, 7 cores", "--fabricated", "2000-01-02T03:04:05+00:00",
+                 "| 1.23 | 4.32 | 1.10 |", "| steps/s | 123.4 | 567.8 |", "2000-01-03"):
+        assert fact in text
+    # Suites without results are listed with the command that produces them.
+    assert "`python benchmarks/accuracy.py --suites fmnist-depth`" in text
+    assert "`python benchmarks/accuracy.py --suites digits-mlp`" not in text

@@ -101,3 +101,15 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     # Suites without results are listed with the command that produces them.
     assert "`python benchmarks/accuracy.py --suites fmnist-depth`" in text
     assert "`python benchmarks/accuracy.py --suites digits-mlp`" not in text
+
+
+def test_tune_picks_each_learning_rate_from_the_grid_on_validation(accuracy):
+    report = accuracy.main(["--smoke", "--tune"])
+    entry = report["suites"]["digits-mlp"]
+    split = entry["validation_split"]
+    assert split["train"] + split["validation"] == entry["train_examples"]
+    for algorithm in ("bp", "pc"):
+        tuning = entry["tuning"][f"mlp 64-128-128-10/{algorithm}"]
+        assert tuning["grid"] == list(accuracy.LR_GRID) and len(tuning["validation_accuracy"]) == 3
+        assert tuning["lr"] in accuracy.LR_GRID
+        assert entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]["lr"] == tuning["lr"]

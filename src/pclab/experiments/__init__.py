@@ -11,6 +11,9 @@ computes every claim from the records, and a typer-compatible ``command``.
 command                   question
 ========================  ===============================================================
 ``catapult``              lazy / catapult / divergent learning-rate regimes (Lewkowycz 2020)
+``sample-efficiency``     wide catapult-recipe net and its distilled student vs a standard net
+``double-descent``        test error vs model size through the interpolation threshold
+``grok``                  steps to 99% train / validation accuracy on a + b mod p
 ========================  ===============================================================
 """
 
@@ -18,10 +21,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import catapult
+from . import catapult, double_descent, grok, sample_efficiency
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "catapult": catapult.command,
+    "sample-efficiency": sample_efficiency.command,
+    "double-descent": double_descent.command,
+    "grok": grok.command,
 }
 
 __all__ = ["COMMANDS"]

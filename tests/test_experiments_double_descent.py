@@ -1,0 +1,101 @@
+"""pclab double-descent: closed forms of the random-features solver, a tiny sweep end to end."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import typer
+
+from pclab.experiments import double_descent as dd
+from pclab.experiments.common import ConfigError
+
+
+def test_threshold_width_counts_parameters():
+    h = dd.threshold_width(100, 20, 10)
+    params = h * (20 + 1) + (h + 1) * 10
+    assert params == pytest.approx(100 * 10)
+
+
+def test_interior_peaks():
+    assert dd.interior_peaks([1, 2, 3, 4, 5], [1.0, 3.0, 2.0, 2.5, 1.0]) == [1, 3]
+    assert dd.interior_peaks([1, 2, 3], [3.0, 2.0, 1.0]) == []
+
+
+def feature_run(p, **kw):
+    base = dict(features=p, seed=0, train_size=60, test_size=100, label_noise=0.1, downsample=1,
+                relative_ridges=(1e-4, 1e-2, 1.0), dataset="digits", data_dir=None)
+    return dd.FeaturesRun(**{**base, **kw})
+
+
+def test_min_norm_interpolates_beyond_the_threshold_and_matches_lstsq():
+    over = dd.run_features(feature_run(200))
+    assert over["rank"] == 60 and over["minnorm_train_mse"] < 1e-12  # P > N: interpolates
+    under = dd.run_features(feature_run(20))
+    assert under["rank"] <= 20 and under["minnorm_train_mse"] > 0.1  # P < N: least squares
+    # Reference: the same features solved by torch.linalg.lstsq (min-norm for P > N).
+    x, y, xt, yt, classes = dd._data(feature_run(200))
+    x = x.double()
+    gen = torch.Generator().manual_seed(0 * 1_000_003 + 200)
+    w = torch.randn(x.shape[1], 200, generator=gen, dtype=torch.float64) / x.shape[1] ** 0.5
+    phi = torch.relu(x @ w)
+    targets = torch.nn.functional.one_hot(y, classes).double()
+    beta = torch.linalg.pinv(phi) @ targets
+    assert over["minnorm_weight_norm"] == pytest.approx(float(beta.norm()), rel=1e-6)
+
+
+def test_ridge_choice_uses_leave_one_out():
+    r = dd.run_features(feature_run(80))
+    assert r["ridge_relative"] in (1e-4, 1e-2, 1.0)
+    assert r["ridge_loo_mse"] == min(r["ridge_grid_loo"])
+
+
+TINY = dataclasses.replace(dd.QUICK, features=(20, 60, 200), widths=(2, 16), train_size=60, test_size=200,
+                           steps=40, eval_every=20, pc_steps=3, dataset="digits", data_dir=None,
+                           downsample=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dd")
+    return out, dd.run(TINY, out, workers=1, progress=False)
+
+
+def test_tiny_sweep_end_to_end(tiny_run):
+    out, records = tiny_run
+    assert len(records) == 3 + 2 * 2
+    for name in ["config.json", "results.json", "summary.md", "random_features.png", "mlp_width.png"]:
+        assert (out / name).stat().st_size > 0, name
+    assert {r["config"].get("algorithm") for r in records} == {None, "bp", "pc"}
+    assert all(r["config"]["label_noise"] == dd.QUICK.label_noise for r in records)
+
+
+def test_summary_matches_records(tiny_run):
+    out, _ = tiny_run
+    summary = (out / "summary.md").read_text()
+    stored = json.loads((out / "results.json").read_text())
+    rf = {r["config"]["features"]: r["result"] for r in stored if r["result"]["variant"] == "rf"}
+    for p, res in rf.items():
+        assert f"| {p} | {res['minnorm_test_mse']:.3f} | {res['ridge_test_mse']:.3f} |" in summary
+    peak = max(rf, key=lambda p: rf[p]["minnorm_test_mse"])
+    assert f"peaks at P = {peak} " in summary
+    for alg in ("bp", "pc"):
+        errs = [r["result"]["test_err"] for r in sorted(
+            (r for r in stored if r["config"].get("algorithm") == alg), key=lambda r: r["config"]["width"])]
+        assert f"| {alg} | 0 | {errs[0]:.3f} | {errs[1]:.3f} |" in summary
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"widths": "0,4"}, "integer >= 1"),
+    ({"features": "10,-5"}, "integer >= 1"),
+    ({"features": "none", "widths": "none"}, "nothing to run"),
+    ({"train_size": 10 ** 6}, "larger than"),
+    ({"label_noise": 1.5}, "label-noise"),
+])
+def test_bad_input(options, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(dd, "run_one", lambda run: pytest.fail("a run started"))
+    with pytest.raises(ConfigError, match=message):
+        dd.make_config(quick=True, **options)
+    with pytest.raises(typer.BadParameter):
+        dd.command(quick=True, out=tmp_path, **options)
+    assert not (tmp_path / "runs").exists()

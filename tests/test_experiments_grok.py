@@ -1,0 +1,90 @@
+"""pclab grok: data, a tiny sweep end to end (bp and pc), summary from the records, bad input."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import typer
+
+from pclab.experiments import grok
+from pclab.experiments.common import ConfigError
+
+
+def test_modular_addition_split():
+    x, y, xv, yv = grok.modular_addition(7, 0.3, seed=0, equals_token=True)
+    assert len(y) == round(0.3 * 49) and len(y) + len(yv) == 49
+    assert torch.equal(y, (x[:, 0] + x[:, 1]) % 7) and bool((x[:, 2] == 7).all())
+    pairs = {tuple(r[:2].tolist()) for r in torch.cat([x, xv])}
+    assert len(pairs) == 49  # every pair exactly once, train and validation disjoint
+
+
+def test_first_step():
+    evals = [{"step": 0, "a": 0.1}, {"step": 10, "a": 0.995}, {"step": 20, "a": 0.98}]
+    assert grok.first_step(evals, "a") == 10
+    assert grok.first_step(evals, "a", target=0.999) is None
+
+
+TINY = dataclasses.replace(grok.QUICK, p=11, weight_decays=(1.0,), steps=60, eval_every=20,
+                           width=32, embed_dim=8, pc_steps=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grok")
+    return out, grok.run(TINY, out, workers=1, progress=False)
+
+
+def test_tiny_sweep_end_to_end(tiny_run):
+    out, records = tiny_run
+    assert [r["config"]["algorithm"] for r in records] == ["bp", "pc"]
+    for name in ["config.json", "results.json", "summary.md", "curves.png", "weight_norm.png",
+                 "steps_to_99.png"]:
+        assert (out / name).stat().st_size > 0, name
+    for r in records:
+        res = r["result"]
+        assert res["train_size"] == round(0.5 * 121)
+        assert [e["step"] for e in res["evals"]][0] == 0
+        assert res["steps_to_train"] == grok.first_step(res["evals"], "train_acc")
+        assert r["config"]["weight_decay"] == 1.0 and r["config"]["seed"] == 0
+
+
+def test_summary_matches_records(tiny_run):
+    out, _ = tiny_run
+    summary = (out / "summary.md").read_text()
+    for r in json.loads((out / "results.json").read_text()):
+        res, cfg = r["result"], r["config"]
+        train = "-" if res["steps_to_train"] is None else f"{res['steps_to_train']:.0f}"
+        val = "-" if res["steps_to_val"] is None else f"{res['steps_to_val']:.0f}"
+        reached = lambda s: int(s is not None)  # noqa: E731
+        row = (f"| 0.5 | 1 | {cfg['algorithm']} | {train} ({reached(res['steps_to_train'])}/1) | "
+               f"{val} ({reached(res['steps_to_val'])}/1) | {res['final_val_acc']:.3f} |")
+        assert row in summary
+
+
+def test_transformer_model_trains_with_pc():
+    run = grok.GrokRun(model="transformer", p=5, fraction=0.5, weight_decay=1.0, algorithm="pc", seed=0,
+                       lr=1e-3, steps=2, batch_size=0, eval_every=1, stop_when_grokked=True, width=8,
+                       embed_dim=4, d_model=8, heads=2, layers=1, pc_steps=2, pc_step_size=0.1)
+    result = grok.run_one(run)
+    assert result["steps_run"] == 2 and len(result["evals"]) == 3
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"fractions": "0.5,1.0"}, "strictly between"),
+    ({"fractions": ""}, None),
+    ({"weight_decays": "1,-1"}, ">= 0"),
+    ({"p": 1}, "p must be"),
+    ({"algorithms": "pc,nope"}, "unknown algorithm"),
+    ({"model": "lstm"}, "mlp or transformer"),
+])
+def test_bad_input(options, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(grok, "run_one", lambda run: pytest.fail("a run started"))
+    if message is None:
+        grok.make_config(quick=True, **options)
+        return
+    with pytest.raises(ConfigError, match=message):
+        grok.make_config(quick=True, **options)
+    with pytest.raises(typer.BadParameter):
+        grok.command(quick=True, out=tmp_path, **options)
+    assert not (tmp_path / "runs").exists()

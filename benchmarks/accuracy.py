@@ -27,7 +27,6 @@ command, so running one suite replaces that suite only. ``--render`` builds
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -85,12 +84,12 @@ MLP = {"width": 128, "depth": 2}  # 784-128-128-10 on 28x28 images; 64-128-128-1
 # AdamW lr 1e-3, batch 32, T = 20 inference steps, the algorithm's default step size, 30 epochs.
 SUITES: dict[str, Suite] = {
     "digits-mlp": Suite("digits", None, "mlp", {"mlp 64-128-128-10": MLP},
-                        note="scikit-learn digits (1,437 train / 360 test), pclab train defaults"),
+                        note="scikit-learn digits, `pclab train` defaults"),
     "mnist-mlp": Suite("mnist", "mnist-10k", "mlp", {"mlp 784-128-128-10": MLP},
-                       note="MNIST subset of 8,500 train / 1,500 test"),
+                       note="the MNIST subset in shared/datasets/mnist-10k"),
     "fmnist-mlp": Suite("fashion-mnist", "fashion-mnist", "mlp", {"mlp 784-128-128-10": MLP},
                         config={"epochs": 50, "batch_size": 64},
-                        note="full Fashion-MNIST (60,000 / 9,947); 50 epochs, meant to reach the plateau "
+                        note="full Fashion-MNIST; 50 epochs, meant to reach the plateau "
                              "(check the per-epoch test accuracy in the JSON)"),
     "fmnist-cnn": Suite("fashion-mnist", "fashion-mnist", "cnn",
                         {"vgg5 channels 16-32-32-32": {"variant": "vgg5", "channels": [16, 32, 32, 32]}},
@@ -125,8 +124,9 @@ def _missing(suite: Suite, root: Path) -> str | None:
     return f"{folder} lacks {', '.join(absent)}" if absent else None
 
 
-def _configs(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
-             data_dir: Path | None) -> TrainConfig:
+def _config(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
+            data_dir: Path | None) -> TrainConfig:
+    """The suite's table entry for ``algorithm``, then ``extra`` (command-line overrides) on top."""
     fields = {**suite.config, **suite.per_algorithm.get(algorithm, {}), **extra}
     return TrainConfig(data=suite.data, data_dir=str(data_dir) if data_dir else None, model=suite.model,
                        model_options=variant, algorithm=algorithm, device="cpu", **fields)
@@ -150,7 +150,7 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
     """Learning rate with the best validation accuracy (ties: the smaller rate); seed 0."""
     scores = {}
     for lr in LR_GRID:
-        config = _configs(suite, algorithm, variant, {**extra, "lr": lr, "seed": 0}, data_dir)
+        config = _config(suite, algorithm, variant, {**extra, "lr": lr, "seed": 0}, data_dir)
         acc = _run_one(config, val)["test_accuracy"]
         scores[lr] = acc
         log(f"  tune {algorithm} lr {lr:g}: validation accuracy {_fmt(acc)}")
@@ -175,9 +175,9 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
             if tune:
                 tuning[f"{label}/{algorithm}"] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log)
                 chosen["lr"] = t["lr"]
-            hyper[f"{label}/{algorithm}"] = _configs(suite, algorithm, variant, chosen, data_dir).to_dict()
+            hyper[f"{label}/{algorithm}"] = _config(suite, algorithm, variant, chosen, data_dir).to_dict()
             for seed in seeds:
-                config = _configs(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir)
+                config = _config(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir)
                 run = {"variant": label, "algorithm": algorithm, "seed": seed, **_run_one(config, dataset)}
                 runs.append(run)
                 log(f"  {label:<22} {algorithm:<12} seed {seed}: test accuracy {_fmt(run['test_accuracy'])}"
@@ -299,7 +299,8 @@ def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]
     shared = {k: any_cfg[k] for k in ("epochs", "batch_size", "optimizer", "lr", "steps", "step_size",
                                       "weight_decay", "loss", "threads")}
     varying = {k for cfg in hyper.values() for k in shared if cfg[k] != shared[k]}
-    shown = ", ".join(f"{k} {v}" for k, v in shared.items() if k not in varying)
+    shown = ", ".join(f"{k} {'the algorithm default' if v is None else v}" for k, v in shared.items()
+                      if k not in varying)
     lines = [f"## Accuracy: `{name}`", "",
              f"- {entry['note']}; {entry['train_examples']} train / {entry['test_examples']} test examples, "
              f"seeds {', '.join(map(str, entry['seeds']))}",
@@ -308,12 +309,16 @@ def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]
              f"- settings: {shown}" + (f"; per algorithm: {', '.join(sorted(varying))}" if varying else ""),
              f"- learning rate: {'tuned per algorithm on a validation split' if entry['tuned'] else 'fixed'}",
              f"- source: `benchmarks/results/{source}` (every run, full config per algorithm)", "",
-             "| model | algorithm | final test accuracy (mean ± std) | final test loss (mean) | runs | s/epoch |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| model | algorithm | final test accuracy (mean ± std) | per seed | final test loss (mean) "
+             "| runs | s/epoch |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
     for r in entry["summary"]:
         spe = f"{r['seconds_per_epoch']:.2f}" if r["seconds_per_epoch"] is not None else "-"
         loss = f"{r['test_loss_mean']:.4f}" if r.get("test_loss_mean") is not None else "-"
-        lines.append(f"| {r['variant']} | {r['algorithm']} | {_mean_std(r)} | {loss} | {r['n']} | {spe} |")
+        per_seed = ", ".join(_fmt(run["test_accuracy"]) for run in entry["runs"]
+                             if (run["variant"], run["algorithm"]) == (r["variant"], r["algorithm"]))
+        lines.append(f"| {r['variant']} | {r['algorithm']} | {_mean_std(r)} | {per_seed} | {loss} | {r['n']} "
+                     f"| {spe} |")
     lines.append("")
     return lines
 

@@ -94,7 +94,7 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
 
     text = out.read_text()
     mean, std = (0.8125 + 0.8375) / 2, 0.0176777  # sample std of the two
-    assert f"| m | pc | {mean:.4f} ± {std:.4f} | 0.2500 | 2 | 0.50 |" in text
+    assert f"| m | pc | {mean:.4f} ± {std:.4f} | 0.8125, 0.8375 | 0.2500 | 2 | 0.50 |" in text
     for fact in ("Fabricated CPU 9000, 7 cores", "--fabricated", "2000-01-02T03:04:05+00:00",
                  "| 1.23 | 4.32 | 1.10 |", "| steps/s | 123.4 | 567.8 |", "2000-01-03"):
         assert fact in text

@@ -242,7 +242,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -290,6 +291,8 @@ def _machine_line(m: dict[str, Any]) -> str:
         parts.append(f"torch {m['torch']}")
     if m.get("torch_threads"):
         parts.append(f"{m['torch_threads']} torch threads")
+    if m.get("loadavg_1_5_15"):
+        parts.append(f"load average at the start {' / '.join(f'{x:.2f}' for x in m['loadavg_1_5_15'])}")
     return ", ".join(str(p) for p in parts if p)
 
 
@@ -319,7 +322,9 @@ def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]
                              if (run["variant"], run["algorithm"]) == (r["variant"], r["algorithm"]))
         lines.append(f"| {r['variant']} | {r['algorithm']} | {_mean_std(r)} | {per_seed} | {loss} | {r['n']} "
                      f"| {spe} |")
-    lines.append("")
+    lines += ["", "Accuracy and loss are those of the last epoch on the test set; std is the sample standard "
+              "deviation over seeds. s/epoch is the mean training time of an epoch as the machine was loaded "
+              "during the run (shared machines vary); `speed.json` is the controlled timing.", ""]
     return lines
 
 

@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -159,16 +159,32 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
 
 
 def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[str, ...],
-              extra: dict[str, Any], data_root: Path, tune: bool, log=print) -> dict[str, Any]:
+              extra: dict[str, Any], data_root: Path, tune: bool, meta: dict[str, Any] | None = None,
+              save: Callable[[dict[str, Any]], None] | None = None, log=print) -> dict[str, Any]:
+    """Train every (variant, algorithm, seed) of ``suite``; the entry ``accuracy.json`` holds for it.
+
+    ``save`` gets the entry so far after every run (``"complete": false`` until the
+    last), so a run of hours that stops keeps what finished.
+    """
     data_dir = _data_dir(suite, data_root)
     dataset = data_lib.load(suite.data, data_dir, download=False, train_size=extra.get("train_size"))
     extra = {k: v for k, v in extra.items() if k != "train_size"}  # applied once, above
-    val = validation_split = None
+    val = split = None
     if tune:
         fit, val = data_lib.validation_split(dataset, VALIDATION_FRACTION, seed=0)
-        validation_split = {"fraction": VALIDATION_FRACTION, "seed": 0, "train": len(fit.y_train),
-                            "validation": len(val.y_test)}
-    runs, tuning, hyper = [], {}, {}
+        split = {"fraction": VALIDATION_FRACTION, "seed": 0, "train": len(fit.y_train),
+                 "validation": len(val.y_test)}
+    runs: list[dict[str, Any]] = []
+    tuning: dict[str, Any] = {}
+    hyper: dict[str, Any] = {}
+    entry = {**(meta or {}), "suite": name, "dataset": suite.data,
+             "data_dir": str(data_dir) if data_dir else None,
+             "train_examples": len(dataset.y_train), "test_examples": len(dataset.y_test),
+             "model": suite.model, "note": suite.note, "seeds": seeds, "algorithms": list(algorithms),
+             "tuned": tune, "tuning": tuning, "validation_split": split,
+             "table_entry": {"config": suite.config, "per_algorithm": suite.per_algorithm,
+                             "variants": suite.variants, "overrides": extra},
+             "hyperparameters": hyper, "runs": runs, "complete": False}
     for label, variant in suite.variants.items():
         for algorithm in algorithms:
             chosen = dict(extra)
@@ -182,13 +198,11 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
                 runs.append(run)
                 log(f"  {label:<22} {algorithm:<12} seed {seed}: test accuracy {_fmt(run['test_accuracy'])}"
                     f"  ({run['wall_s']:.1f} s)")
-    return {"suite": name, "dataset": suite.data, "data_dir": str(data_dir) if data_dir else None,
-            "train_examples": len(dataset.y_train), "test_examples": len(dataset.y_test),
-            "model": suite.model, "note": suite.note, "seeds": seeds, "tuned": tune,
-            "tuning": tuning, "validation_split": validation_split,
-            "table_entry": {"config": suite.config, "per_algorithm": suite.per_algorithm,
-                            "variants": suite.variants, "overrides": extra},
-            "hyperparameters": hyper, "runs": runs, "summary": summarise(runs)}
+                entry["summary"] = summarise(runs)
+                entry["complete"] = len(runs) == len(suite.variants) * len(algorithms) * len(seeds)
+                if save is not None:
+                    save(entry)
+    return entry
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,6 +258,13 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def _merge_into(path: Path, name: str, entry: dict[str, Any]) -> None:
+    """Replace suite ``name`` in the results file ``path``, keeping the other suites."""
+    merged = json.loads(path.read_text()) if path.is_file() else {"suites": {}}
+    merged["suites"][name] = entry
+    _atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -304,7 +325,11 @@ def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]
     varying = {k for cfg in hyper.values() for k in shared if cfg[k] != shared[k]}
     shown = ", ".join(f"{k} {'the algorithm default' if v is None else v}" for k, v in shared.items()
                       if k not in varying)
-    lines = [f"## Accuracy: `{name}`", "",
+    status = [] if entry.get("complete", True) else [
+        f"- **incomplete**: {len(entry['runs'])} of "
+        f"{len(entry['table_entry']['variants']) * len(entry['algorithms']) * len(entry['seeds'])} runs "
+        f"finished; rerun the command to complete it"]
+    lines = [f"## Accuracy: `{name}`", "", *status,
              f"- {entry['note']}; {entry['train_examples']} train / {entry['test_examples']} test examples, "
              f"seeds {', '.join(map(str, entry['seeds']))}",
              f"- date: {entry['date']}; machine: {_machine_line(entry['machine'])}",
@@ -415,16 +440,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tuple(args.algorithms.split(",")) if args.algorithms else suite.algorithms)
         print(f"{name}: {', '.join(algorithms)} x {len(seeds)} seed(s)", flush=True)
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        meta = {"date": started, "machine": machine(), "command": command}
+        save = None if json_path is None else (lambda entry, name=name: _merge_into(json_path, name, entry))
         entry = run_suite(name, suite, seeds=seeds, algorithms=algorithms, extra=extra,
-                          data_root=args.data_root, tune=args.tune,
+                          data_root=args.data_root, tune=args.tune, meta=meta, save=save,
                           log=lambda s: print(s, flush=True))
-        entry = {"date": started, "machine": machine(), "command": command, **entry}
         report["suites"][name] = entry
         print(table(entry), flush=True)
-        if json_path is not None:  # after each suite, so a long run keeps what finished
-            merged = json.loads(json_path.read_text()) if json_path.is_file() else {"suites": {}}
-            merged["suites"][name] = entry
-            _atomic_write_text(json_path, json.dumps(merged, indent=1) + "\n")
+        if json_path is not None:
             print(f"wrote {json_path}", flush=True)
     return report
 

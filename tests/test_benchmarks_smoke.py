@@ -45,6 +45,7 @@ def test_accuracy_smoke_writes_one_entry_per_run(accuracy, tmp_path):
     assert entry["hyperparameters"]["mlp 64-128-128-10/pc"]["algorithm"] == "pc"
     on_disk = json.loads(out.read_text())
     assert on_disk["suites"]["digits-mlp"]["runs"] == entry["runs"]
+    assert on_disk["suites"]["digits-mlp"]["complete"] is True
 
 
 def test_accuracy_skips_a_suite_without_data(accuracy, tmp_path, capsys):
@@ -74,6 +75,7 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
              "machine": {"cpu": "Fabricated CPU 9000", "cores": 7, "torch": "0.0.0"},
              "dataset": "digits", "train_examples": 11, "test_examples": 13, "model": "mlp",
              "note": "a fabricated suite", "seeds": [0, 1], "tuned": False, "tuning": {},
+             "table_entry": {"variants": {"m": {}}},
              "hyperparameters": {"m/pc": {"epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 0.001,
                                           "steps": 20, "step_size": None, "weight_decay": 0.0, "loss": "ce",
                                           "threads": 1}},
@@ -101,6 +103,13 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     # Suites without results are listed with the command that produces them.
     assert "`python benchmarks/accuracy.py --suites fmnist-depth`" in text
     assert "`python benchmarks/accuracy.py --suites digits-mlp`" not in text
+    assert "incomplete" not in text
+
+    # A suite stopped half-way (saved after every run) says so.
+    entry.update(complete=False, algorithms=["pc", "bp"])
+    (results / "accuracy.json").write_text(json.dumps({"suites": {"digits-mlp": entry}}))
+    accuracy.main(["--render", "--results-dir", str(results), "--peers-dir", str(peers), "--out", str(out)])
+    assert "**incomplete**: 2 of 4 runs finished" in out.read_text()
 
 
 def test_tune_picks_each_learning_rate_from_the_grid_on_validation(accuracy):

@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         names = list(SUITES) if args.suites == "all" else args.suites.split(",")
         seeds = list(range(args.seeds))
+    if not seeds:
+        parser.error("--seeds must be at least 1")
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         parser.error(f"unknown suite {unknown[0]!r}; valid suites: {', '.join(SUITES)}")

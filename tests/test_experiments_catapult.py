@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from pclab.experiments import COMMANDS, catapult
-from pclab.experiments.catapult import CatapultConfig, classify
+from pclab.experiments.catapult import classify
 from pclab.experiments.common import ConfigError
 
 LR = 0.1  # 2 / lr = 20
@@ -137,3 +137,10 @@ def test_typer_app_runs_the_command(tmp_path):
     assert len(json.loads((tmp_path / "results.json").read_text())) == 4
     bad = CliRunner().invoke(app, ["catapult", "--cs", "0", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "positive" in bad.output
+
+
+def test_missing_data_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot load fashion-mnist"):
+        catapult.make_config(quick=True, data_dir=tmp_path)  # an empty folder
+    with pytest.raises(ConfigError, match="not a folder"):
+        catapult.make_config(quick=True, data_dir=tmp_path / "absent")

@@ -146,16 +146,36 @@ def test_process_pool_runs_in_single_threaded_workers(tmp_path):
     assert all(r["result"]["threads"] == 1 for r in records)
 
 
-def test_ray_backend(tmp_path):
+@pytest.fixture(scope="module")
+def local_ray():
     ray = pytest.importorskip("ray")
     # Ray workers import ``square`` from this test module, so they need its folder.
     here = str(Path(__file__).parent)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([here, *sys.path])}})
-    try:
-        records = run_sweep(square, [Square(x) for x in range(3)], tmp_path, ray=True, progress=False)
-        assert [r["result"]["y"] for r in records] == [0, 1, 4]
-        assert all(r["result"]["threads"] == 1 for r in records)
-        assert len(list((tmp_path / "runs").glob("*.json"))) == 3
-    finally:
-        ray.shutdown()
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_backend(tmp_path, local_ray):
+    records = run_sweep(square, [Square(x) for x in range(3)], tmp_path, ray=True, progress=False)
+    assert [r["result"]["y"] for r in records] == [0, 1, 4]
+    assert all(r["result"]["threads"] == 1 for r in records)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 3
+    # Resumes on Ray as locally: nothing left to do.
+    assert run_sweep(fail_on_three, [Square(x) for x in range(3)], tmp_path, ray=True,
+                     progress=False) == records
+
+
+def test_ray_runs_an_experiment_with_artifacts(tmp_path, local_ray):
+    """--ray end to end: the students read the teachers' outputs that the driver saved."""
+    import dataclasses
+
+    from pclab.experiments import sample_efficiency as se
+
+    config = dataclasses.replace(se.QUICK, sizes=(20,), width=4, width_multiplier=2, min_steps=3, epochs=1,
+                                 catapult_steps=3, eval_points=1, test_size=50, pc_steps=2,
+                                 dataset="digits", data_dir=None)
+    records = se.run(config, tmp_path, ray=True, progress=False)
+    assert sorted(r["result"]["recipe"] for r in records) == sorted(2 * list(se.RECIPES))
+    assert len(list((tmp_path / "runs").glob("*.outputs.pt"))) == 2

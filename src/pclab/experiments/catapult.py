@@ -42,7 +42,7 @@ from .sharpness import top_eigenvalue
 from .sweep import results as flat_results
 from .sweep import run_sweep
 from .training import (Recipe, accuracy, eval_schedule, load_data, loss_fn, mean_loss,
-                       resolve_data, train)
+                       train)
 
 Regime = Literal["lazy", "catapult", "unsettled", "divergent"]
 REGIMES: tuple[Regime, ...] = ("lazy", "catapult", "unsettled", "divergent")
@@ -483,7 +483,7 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str =
                 seed: int = 0, num_seeds: int = 0) -> CatapultConfig:
     """The preset with the command line's overrides, checked (raises :class:`ConfigError`)."""
     preset = QUICK if quick else FULL
-    dataset, folder = resolve_data(data_dir)
+    dataset, folder = common.data_source(data_dir)
     config = common.override(
         preset,
         algorithms=common.parse_list(algorithms, str, "algorithms"),
@@ -491,11 +491,5 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str =
         cs=common.parse_list(cs, float, "cs") if cs else None,
         steps=steps or None, train_size=train_size or None, pc_steps=pc_steps or None,
         seeds=common.seeds(seed, num_seeds, preset.seeds), dataset=dataset, data_dir=folder)
-    config.validate(available=_available(dataset, folder))
+    config.validate(available=common.available_images(dataset, folder))
     return config
-
-
-def _available(dataset: str, folder: str | None) -> int:
-    from .training import dataset_size
-
-    return dataset_size(dataset, folder)

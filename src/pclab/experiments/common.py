@@ -24,7 +24,7 @@ import numpy as np
 import typer
 
 from .sweep import config_dict, write_json_atomic, write_text_atomic
-from .training import ALGORITHMS
+from .training import ALGORITHMS, dataset_size, resolve_data
 
 T = TypeVar("T")
 
@@ -97,6 +97,22 @@ def check_positive(values: Sequence[float], option: str, *, integer: bool = Fals
         else:
             require(math.isfinite(v) and v > 0, f"--{option}: {v!r} must be a positive number")
     require(len(set(values)) == len(values), f"--{option} repeats a value: {tuple(values)}")
+
+
+def data_source(data_dir: Path | str | None) -> tuple[str, str | None]:
+    """:func:`.training.resolve_data`, its errors as :class:`ConfigError`."""
+    try:
+        return resolve_data(data_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def available_images(dataset: str, folder: str | None) -> int:
+    """Training images in the dataset; a missing or corrupt dataset is a :class:`ConfigError`."""
+    try:
+        return dataset_size(dataset, folder)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load {dataset} from {folder}: {e}") from e
 
 
 def write_outputs(out: Path, config: Any, records: list[dict], summary: str) -> None:

@@ -41,7 +41,7 @@ from . import common
 from .common import ConfigError, fmt, require, table
 from .sweep import results as flat_results
 from .sweep import run_sweep
-from .training import Recipe, accuracy, dataset_size, load_data, mean_loss, resolve_data, train
+from .training import Recipe, accuracy, load_data, mean_loss, train
 
 VARIANTS = ("rf", "mlp")
 
@@ -101,7 +101,7 @@ class DoubleDescentConfig:
 FULL = DoubleDescentConfig()
 QUICK = DoubleDescentConfig(
     features=(10, 50, 100, 200, 300, 400, 450, 500, 550, 700, 1000, 2000, 5000, 20000),
-    widths=(4, 16, 32, 64, 128), weight_decays=(0.0,), seeds=(0,), train_size=500, test_size=1000,
+    widths=(4, 16, 32, 128), weight_decays=(0.0,), seeds=(0,), train_size=500, test_size=1000,
     steps=1500, eval_every=500, pc_steps=8)
 
 
@@ -365,9 +365,11 @@ def summarise(records: list[dict], config: DoubleDescentConfig) -> str:
             lines.append(
                 f"- {alg}, weight decay {wd:g}: first width with training error <= 1%: "
                 f"{v['first_interpolating_width']}; test-MSE peak "
-                + (f"at width {lp[0]} ({fmt(lp[1], 3)})" if lp else "none (no interior local maximum)")
+                + (f"at width {lp[0]} ({fmt(lp[1], 3)}, {lp[1] - v['widest'][2]:+.3f} over the widest)"
+                   if lp else "none (no interior local maximum)")
                 + "; test-error peak "
-                + (f"at width {ep[0]} ({fmt(ep[1], 3)})" if ep else "none (no interior local maximum)")
+                + (f"at width {ep[0]} ({fmt(ep[1], 3)}, {ep[1] - v['widest'][1]:+.3f} over the widest)"
+                   if ep else "none (no interior local maximum)")
                 + f"; widest ({v['widest'][0]}) test error {fmt(v['widest'][1], 3)}; best test error "
                 f"{fmt(v['best_err'][0], 3)} at width {v['best_err'][1]}; {fmt(v['wall_s'], 1)} s per run.")
         lines.append("")
@@ -471,7 +473,7 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str
                 pc_steps: int = 0, data_dir: Path | str | None = None, seed: int = 0,
                 num_seeds: int = 0) -> DoubleDescentConfig:
     preset = QUICK if quick else FULL
-    dataset, folder = resolve_data(data_dir)
+    dataset, folder = common.data_source(data_dir)
 
     def grid(text: str, option: str):
         if not text:
@@ -486,5 +488,5 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str
         steps=steps or None, pc_steps=pc_steps or None, seeds=common.seeds(seed, num_seeds, preset.seeds),
         dataset=dataset, data_dir=folder,
         downsample=preset.downsample if dataset == "fashion-mnist" else 1)
-    config.validate(available=dataset_size(dataset, folder))
+    config.validate(available=common.available_images(dataset, folder))
     return config

@@ -49,7 +49,7 @@ from .common import ConfigError, fmt, require, table
 from .sharpness import top_eigenvalue
 from .sweep import artifact, run_sweep
 from .sweep import results as flat_results
-from .training import (Recipe, accuracy, dataset_size, load_data, loss_fn, resolve_data, train)
+from .training import Recipe, accuracy, load_data, loss_fn, train
 
 RECIPES = ("standard", "catapult", "student")
 
@@ -129,7 +129,7 @@ class SampleEfficiencyConfig:
 
 
 FULL = SampleEfficiencyConfig()
-QUICK = SampleEfficiencyConfig(sizes=(100, 500), seeds=(0,), epochs=20, min_steps=300,
+QUICK = SampleEfficiencyConfig(sizes=(100, 300), seeds=(0,), epochs=20, min_steps=300,
                                catapult_steps=200, eval_points=10, test_size=2000, pc_steps=8)
 
 
@@ -553,7 +553,7 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", sizes: str = 
                 data_dir: Path | str | None = None, seed: int = 0, num_seeds: int = 0
                 ) -> SampleEfficiencyConfig:
     preset = QUICK if quick else FULL
-    dataset, folder = resolve_data(data_dir)
+    dataset, folder = common.data_source(data_dir)
     config = common.override(
         preset, algorithms=common.parse_list(algorithms, str, "algorithms"),
         sizes=common.parse_list(sizes, int, "sizes") if sizes else None,
@@ -563,5 +563,5 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", sizes: str = 
         catapult_weight_decay=None if catapult_weight_decay == -1.0 else catapult_weight_decay,
         catapult_steps=catapult_steps or None, pc_steps=pc_steps or None,
         seeds=common.seeds(seed, num_seeds, preset.seeds), dataset=dataset, data_dir=folder)
-    config.validate(available=dataset_size(dataset, folder))
+    config.validate(available=common.available_images(dataset, folder))
     return config

@@ -11,6 +11,12 @@ compares them on exactly the same loop:
   ``p.grad``, then the optimizer steps;
 * ``"incremental"``: the learner steps the optimizer at every inference tick.
 
+This is deliberately not :func:`pclab.training.train`, the epoch-level trainer
+behind ``pclab train`` (run folders, checkpoints, named datasets and models): the
+experiments need step-level control instead (full-batch gradient descent, the
+loss at every step, measurements such as the sharpness at chosen steps, soft
+targets, lab-defined models, stopping once a target is met).
+
 A run that produces a non-finite loss or energy (or whose loss grows past
 ``blowup`` times its first value) stops early and is marked ``diverged``: a
 divergent learning rate is a result, not a crash.

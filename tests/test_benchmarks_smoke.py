@@ -122,3 +122,23 @@ def test_tune_picks_each_learning_rate_from_the_grid_on_validation(accuracy):
         assert tuning["grid"] == list(accuracy.LR_GRID) and len(tuning["validation_accuracy"]) == 3
         assert tuning["lr"] in accuracy.LR_GRID
         assert entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]["lr"] == tuning["lr"]
+
+
+def test_a_suite_split_over_invocations_keeps_every_algorithms_runs(accuracy, tmp_path):
+    out = tmp_path / "accuracy.json"
+    accuracy.main(["--smoke", "--algorithms", "bp", "--json", str(out)])
+    accuracy.main(["--smoke", "--algorithms", "pc", "--json", str(out)])
+    entry = json.loads(out.read_text())["suites"]["digits-mlp"]
+    assert entry["algorithms"] == ["bp", "pc"] and entry["complete"] is True
+    assert [r["algorithm"] for r in entry["runs"]] == ["bp", "pc"]
+    assert [p["algorithms"] for p in entry["parts"]] == [["bp"], ["pc"]]
+    assert {row["algorithm"] for row in entry["summary"]} == {"bp", "pc"}
+    # rerunning one algorithm replaces its runs, not the other's
+    accuracy.main(["--smoke", "--algorithms", "pc", "--json", str(out)])
+    entry = json.loads(out.read_text())["suites"]["digits-mlp"]
+    assert [r["algorithm"] for r in entry["runs"]] == ["bp", "pc"] and len(entry["parts"]) == 2
+
+
+def test_an_algorithm_the_suite_does_not_run_is_refused(accuracy, tmp_path):
+    with pytest.raises(SystemExit):
+        accuracy.main(["--suites", "fmnist-depth", "--algorithms", "fpa", "--json", str(tmp_path / "a.json")])

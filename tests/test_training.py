@@ -79,6 +79,7 @@ class CrashAfterEpoch(training.Callback):
     ({"model_options": [1, 2]}, "model_options"),
     ({"data_dir": 3}, "data_dir"),
     ({"device": "tpu"}, "device"),
+    ({"compile": "yes"}, "compile"),
     ({"step_size": -1.0}, "step_size"),
 ])
 def test_wrong_types_and_values_name_the_key(changes, key):
@@ -396,3 +397,17 @@ def test_compare_summarises_every_algorithm_against_bp(tmp_path):
 def test_compare_rejects_unknown_algorithms():
     with pytest.raises(ConfigError, match="valid algorithms"):
         training.compare(tiny(), ["fpa", "ipc"], seeds=[0])
+
+
+def test_a_compiled_run_follows_the_eager_run():
+    # 64 examples in batches of 16: one batch shape, so one compilation.
+    eager = training.train(tiny(train_size=64, epochs=1))
+    compiled = training.train(tiny(train_size=64, epochs=1, compile=True))
+    for a, b in zip(eager.history, compiled.history):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
+        assert b.test_accuracy == pytest.approx(a.test_accuracy, abs=1e-3)
+
+
+def test_compile_with_incremental_is_a_config_error():
+    with pytest.raises(ConfigError, match="incremental.*compile=False"):
+        training.train(tiny(algorithm="incremental", compile=True))

@@ -215,7 +215,7 @@ class PC:
 
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
         g, B, loss = problem.graph, problem.batch_size, problem.loss
-        replay = Replay(problem.model)
+        replay = Replay(problem.model, random=g.draws_random())
         out, mus, values, fixed = g.forward_cut(*problem.inputs)
         replay.first_done()
         feedforward = out.detach()
@@ -234,7 +234,7 @@ class PC:
                 receivers = [values[i] for i in sweep.receivers]
                 fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
                                         [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
-                                        receivers, retain_graph=False)
+                                        receivers, retain_graph=True)
                 moved = inference.value_update([r.detach() for r in receivers],
                                                [errors[i] for i in sweep.receivers], fb, self.step_size)
                 for i, v in zip(sweep.receivers, _leaves(moved)):
@@ -272,7 +272,7 @@ class Incremental:
             raise ValueError("algorithm 'incremental' steps the weights at every inference tick: "
                              "call pc.step(x, y, optimizer=opt)")
         g, B, loss = problem.graph, problem.batch_size, problem.loss
-        replay = Replay(problem.model)
+        replay = Replay(problem.model, random=g.draws_random())
         out, mus, values, _ = g.forward_cut(*problem.inputs)
         replay.first_done()
         feedforward = out.detach()

@@ -73,6 +73,8 @@ Seed = Annotated[Optional[int], typer.Option(help="Seed of data subset, noise, i
 EvalEvery = Annotated[Optional[int], typer.Option(help="Evaluate on the test set every N epochs.")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads [default: 1; raise it for large conv nets].")]
+Compile = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", help="Run each step through torch.compile (not with incremental).")]
 Out = Annotated[Optional[str], typer.Option(help="Run folder [default: runs/<data>-<model>-<algorithm>-<time>].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run files in an existing --out.")]
 Progress = Annotated[bool, typer.Option("--progress/--quiet", help="Progress bar and one line per epoch.")]
@@ -117,7 +119,8 @@ def train(
     loss: Loss = None, steps: Steps = None, step_size: StepSize = None, epochs: Epochs = None,
     batch_size: BatchSize = None, optimizer: Optimizer = None, lr: Lr = None,
     weight_decay: WeightDecay = None, momentum: Momentum = None, seed: Seed = None,
-    eval_every: EvalEvery = None, device: Device = None, threads: Threads = None, out: Out = None,
+    eval_every: EvalEvery = None, device: Device = None, threads: Threads = None,
+    compile: Compile = None, out: Out = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out from its last checkpoint.")] = False,
     overwrite: Overwrite = False, progress: Progress = True,
 ) -> None:
@@ -136,7 +139,7 @@ def train(
                  model=model, algorithm=algorithm, loss=loss, steps=steps, step_size=step_size,
                  epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                  weight_decay=weight_decay, momentum=momentum, seed=seed, eval_every=eval_every,
-                 device=device, threads=threads, out=out)
+                 device=device, threads=threads, compile=compile, out=out)
     model_flags = dict(width=width, depth=depth, activation=activation)
 
     def run() -> None:
@@ -179,6 +182,7 @@ def compare(
     batch_size: BatchSize = None, optimizer: Optimizer = None, lr: Lr = None,
     weight_decay: WeightDecay = None, momentum: Momentum = None, seed: Seed = None,
     eval_every: EvalEvery = None, device: Device = None, threads: Threads = None,
+    compile: Compile = None,
     out: Annotated[Optional[str], typer.Option(help="Folder [default: runs/compare-<data>-<model>-<time>].")] = None,
     overwrite: Overwrite = False, progress: Progress = False,
 ) -> None:
@@ -195,7 +199,7 @@ def compare(
                  model=model, loss=loss, steps=steps, step_size=step_size, epochs=epochs,
                  batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                  momentum=momentum, seed=seed, eval_every=eval_every, device=device,
-                 threads=threads, out=out)
+                 threads=threads, compile=compile, out=out)
     model_flags = dict(width=width, depth=depth, activation=activation)
 
     def run() -> None:

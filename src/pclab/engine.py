@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -82,6 +83,11 @@ class PredictiveCoding:
         value_nodes: where value nodes go: ``"layers"`` (each parametrised layer's
             output), ``"all"`` (every floating intermediate) or a predicate on fx nodes.
         leaf_modules: module classes kept opaque (one node each) instead of traced.
+        compile: run each step's inference and learning through ``torch.compile``
+            (one fused program per input shape; the first step of each shape
+            compiles, taking seconds). Needs a forward that draws no random
+            numbers (dropout in eval mode or absent); not for ``"incremental"``,
+            whose optimizer steps between ticks split the program.
 
     The graph is captured once per input signature (dtypes and non-batch shapes)
     and reused. See the module docstring for an example.
@@ -90,7 +96,7 @@ class PredictiveCoding:
     def __init__(self, model: nn.Module, *, loss: str | OutputLoss, algorithm: str | Algorithm,
                  steps: int = 20, step_size: float | None = None,
                  value_nodes: ValueNodePolicy = "layers",
-                 leaf_modules: Sequence[type[nn.Module]] = ()) -> None:
+                 leaf_modules: Sequence[type[nn.Module]] = (), compile: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
         self.model = model
@@ -100,6 +106,13 @@ class PredictiveCoding:
         self.value_nodes = value_nodes
         self.leaf_modules = tuple(leaf_modules)
         self._graphs: dict[tuple, CapturedGraph] = {}
+        if compile and self.algorithm.name == "incremental":
+            raise ValueError("compile=True does not support algorithm 'incremental': its optimizer steps "
+                             "between inference ticks split the program; use compile=False")
+        self.compiled = compile
+        # dynamic=False: each batch shape gets its own specialised program (a
+        # training run sees two, the full batches and the last one).
+        self._run = torch.compile(self.algorithm.run, dynamic=False) if compile else self.algorithm.run
 
     def capture(self, x: Tensor | tuple[Tensor, ...]) -> CapturedGraph:
         """The captured graph for inputs like ``x`` (traced on first use)."""
@@ -139,7 +152,19 @@ class PredictiveCoding:
                                   node="target", step=None)
         problem = Problem(graph, self.model, inputs, target, self.loss, params)
         with torch.enable_grad():
-            outcome = self.algorithm.run(problem, optimizer)
+            if self.compiled:
+                if graph.draws_random():
+                    raise ValueError(
+                        "compile=True needs a forward that draws no random numbers, but "
+                        f"{_random_origin(graph)} does in its current mode; call .eval() on "
+                        "the dropout modules or use compile=False")
+                # Dynamo leaves autograd.grad calls out of the graph unless told to trace
+                # them; the schedule's cache is a pure function, so tracing through it is safe.
+                with torch._dynamo.config.patch(trace_autograd_ops=True), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+                    outcome = self._run(problem, optimizer)
+            else:
+                outcome = self._run(problem, optimizer)
         if outcome.grads is not None:
             raise_if_diverged(graph, outcome.trace, outcome.grads)
             learning.accumulate(params, outcome.grads)
@@ -164,15 +189,17 @@ class Backprop:
 
     algorithm_name = "bp"
 
-    def __init__(self, model: nn.Module, *, loss: str | OutputLoss) -> None:
+    def __init__(self, model: nn.Module, *, loss: str | OutputLoss, compile: bool = False) -> None:
         self.model = model
         self.loss = get_loss(loss)
+        # The same switch as PredictiveCoding's, so that speed comparisons compare like with like.
+        self._forward = torch.compile(model, dynamic=False) if compile else model
 
     def step(self, x: Tensor | tuple[Tensor, ...], y: Tensor, *,
              optimizer: torch.optim.Optimizer | None = None) -> StepResult:
         inputs = _as_tuple(x)
         with torch.enable_grad():
-            out = self.model(*inputs)
+            out = self._forward(*inputs)
             target = self.loss.prepare(out, y)
             value = self.loss.per_example(out, target).mean()
             if not bool(torch.isfinite(value.detach())):
@@ -184,12 +211,18 @@ class Backprop:
 
 
 def learner(model: nn.Module, algorithm: str, *, loss: str | OutputLoss, steps: int = 20,
-            step_size: float | None = None, **options: Any) -> PredictiveCoding | Backprop:
+            step_size: float | None = None, compile: bool = False,
+            **options: Any) -> PredictiveCoding | Backprop:
     """``Backprop`` for ``algorithm="bp"``, else :class:`PredictiveCoding` (same ``step``)."""
     if algorithm == "bp":
-        return Backprop(model, loss=loss)
+        return Backprop(model, loss=loss, compile=compile)
     return PredictiveCoding(model, loss=loss, algorithm=algorithm, steps=steps, step_size=step_size,
-                            **options)
+                            compile=compile, **options)
+
+
+def _random_origin(graph: CapturedGraph) -> str:
+    active = [type(m).__name__ for m in graph.random_modules if m.training]
+    return ", ".join([*active, *graph.random_functions]) or "the model"
 
 
 def _all_finite(t: Tensor) -> bool:

@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator, Literal, Union
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import GraphCaptureError
 
@@ -74,15 +75,22 @@ class CapturedGraph:
     output_shape: tuple[int, ...]
     output_dtype: torch.dtype
     parameter_ids: frozenset[int]
-
-    def uses(self, parameter: Tensor) -> bool:
-        """Whether some prediction reads ``parameter`` (else it gets no gradient)."""
-        return id(parameter) in self.parameter_ids
     forward_with_values: fx.GraphModule
     forward_cut: fx.GraphModule
     predict: fx.GraphModule
     predict_moving: fx.GraphModule
     moving: tuple[int, ...]
+    random_modules: tuple[nn.Module, ...] = ()
+    random_functions: tuple[str, ...] = ()
+
+    def uses(self, parameter: Tensor) -> bool:
+        """Whether some prediction reads ``parameter`` (else it gets no gradient)."""
+        return id(parameter) in self.parameter_ids
+
+    def draws_random(self) -> bool:
+        """Whether the forward pass draws random numbers in the modules' current modes
+        (dropout in training mode, a random op in ``forward``)."""
+        return bool(self.random_functions) or any(m.training for m in self.random_modules)
 
     @property
     def children(self) -> dict[str, tuple[str, ...]]:
@@ -213,15 +221,22 @@ class Replay:
     :meth:`close` at the end.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, *, random: bool = True) -> None:
+        # A forward that draws nothing needs no RNG bookkeeping (and torch.compile
+        # cannot trace it).
+        self._random = random
         self._devices = _devices(module)
         self._module = module
         self._rng_before = self._rng_state()
 
-    def _rng_state(self) -> tuple[Tensor, list[Tensor]]:
+    def _rng_state(self) -> tuple[Tensor, list[Tensor]] | None:
+        if not self._random:
+            return None
         return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self._devices]
 
-    def _set_rng_state(self, state: tuple[Tensor, list[Tensor]]) -> None:
+    def _set_rng_state(self, state: tuple[Tensor, list[Tensor]] | None) -> None:
+        if state is None:
+            return
         torch.set_rng_state(state[0])
         for d, s in zip(self._devices, state[1]):
             torch.cuda.set_rng_state(s, d)
@@ -241,20 +256,49 @@ class Replay:
                 b.copy_(saved)
 
 
+class _SeededOps(TorchDispatchMode):
+    """Notes whether any dispatched op draws from the random number generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drew = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.drew |= torch.Tag.nondeterministic_seeded in func.tags
+        return func(*args, **(kwargs or {}))
+
+
 class _Probe(fx.Interpreter):
-    """Runs the graph once to learn which nodes produce floating-point tensors."""
+    """Runs the graph once to learn which nodes produce floating-point tensors and
+    which draw random numbers."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.floating: dict[str, bool] = {}
         self.results: dict[str, Any] = {}
+        self.random: list[fx.Node] = []
 
     def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
+        with _SeededOps() as seeded:
+            result = super().run_node(n)
+        if seeded.drew:
+            self.random.append(n)
         self.floating[n.name] = isinstance(result, Tensor) and result.is_floating_point()
         if n.op == "output":
             self.results[n.name] = result
         return result
+
+
+@contextlib.contextmanager
+def _training_mode(model: nn.Module) -> Iterator[None]:
+    """Every submodule in training mode for the block, each restored to its own mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _is_parameter(node: Any, modules: dict[str, Any]) -> bool:
@@ -431,7 +475,8 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], *,
     gm.graph.eliminate_dead_code()  # needs the owning module for its purity check
     gm.recompile()
     probe = _Probe(gm)
-    with torch.no_grad(), preserved_state(model):
+    # In training mode, so that dropout shows up even when the model is captured in eval mode.
+    with torch.no_grad(), preserved_state(model), _training_mode(model):
         probe.run(*example_inputs)
     output = next(n for n in graph.nodes if n.op == "output").args[0]
     if not isinstance(output, fx.Node) or not probe.floating.get(output.name, False):
@@ -460,6 +505,8 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], *,
         predict=_build(graph, chosen, output, "predict", root),
         predict_moving=_build(graph, chosen, output, "moving", root),
         moving=tuple(i for i, n in enumerate(chosen) if n in _static_split(graph, chosen, output)[0]),
+        random_modules=tuple(root[n.target] for n in probe.random if n.op == "call_module"),
+        random_functions=tuple(_origin(n) for n in probe.random if n.op != "call_module"),
     )
 
 

@@ -95,7 +95,7 @@ _CHECKPOINT_FORMAT = 1
 
 # Keys that may differ between a run and its resumption: where things are, not
 # what is computed. ``epochs`` may grow so a finished run can be trained further.
-_RESUMABLE_CHANGES = frozenset({"epochs", "out", "data_dir", "device", "threads"})
+_RESUMABLE_CHANGES = frozenset({"epochs", "out", "data_dir", "device", "threads", "compile"})
 
 
 class ConfigError(ValueError):
@@ -152,6 +152,9 @@ class TrainConfig:
             other processes share the cores, threads waiting on each other made
             the default run 8x slower here (367 s instead of 46 s). Raise it for
             large convolutional models.
+        compile: run each training step through ``torch.compile`` (same numbers,
+            faster after the first step of each batch shape; see
+            :class:`pclab.PredictiveCoding`). Not with ``"incremental"``.
         out: run folder; ``None`` writes nothing.
 
     Construction checks every field's type and range and names the bad key:
@@ -181,6 +184,7 @@ class TrainConfig:
     eval_every: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = 1
+    compile: bool = False
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -251,6 +255,10 @@ def _checked(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
             return dict(value)
         raise ConfigError(f"config key {key!r}: expected a mapping of option names to values, got {value!r}")
+    if hint is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             return int(value)
@@ -340,7 +348,7 @@ def make_config(*layers: Mapping[str, Any]) -> TrainConfig:
     {'width': 32, 'depth': 1}
     >>> make_config({"epoch": 2})
     Traceback (most recent call last):
-    pclab.training.ConfigError: unknown config key 'epoch'; valid keys: data, data_dir, train_size, label_noise, model, model_options, algorithm, loss, steps, step_size, epochs, batch_size, optimizer, lr, weight_decay, momentum, seed, eval_every, device, threads, out
+    pclab.training.ConfigError: unknown config key 'epoch'; valid keys: data, data_dir, train_size, label_noise, model, model_options, algorithm, loss, steps, step_size, epochs, batch_size, optimizer, lr, weight_decay, momentum, seed, eval_every, device, threads, compile, out
     """
     valid = [f.name for f in dataclasses.fields(TrainConfig)]
     merged: dict[str, Any] = {}
@@ -887,7 +895,7 @@ def _run(config: TrainConfig, procs: _Processes, *, resume: bool, overwrite: boo
     optimizer = _make_optimizer(config, model)
     try:
         step_fn = learner(model, config.algorithm, loss=config.loss, steps=config.steps,
-                          step_size=config.step_size)
+                          step_size=config.step_size, compile=config.compile)
     except ValueError as err:
         raise ConfigError(f"algorithm {config.algorithm!r}: {err}") from None
     out = procs.on_rank0(lambda: _prepare_folder(config, resume=resume, overwrite=overwrite))

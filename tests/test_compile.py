@@ -1,0 +1,89 @@
+"""``compile=True`` runs the same learning rule through torch.compile: same numbers, fewer kernels."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pclab
+
+
+class ResidualBN(nn.Module):
+    """Residual block with batch norm in training mode: buffers change once per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(12, 16)
+        self.norm = nn.BatchNorm1d(16)
+        self.hidden = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.norm(self.inp(x)))
+        return self.out(h + torch.tanh(self.hidden(h)))
+
+
+def _step(learner, model, x, y):
+    model.zero_grad(set_to_none=True)
+    result = learner.step(x, y)
+    return result, [p.grad.clone() for p in model.parameters()], [b.clone() for b in model.buffers()]
+
+
+@pytest.mark.parametrize("algorithm", ["exact", "fpa", "pc"])
+def test_compiled_step_equals_the_eager_step(algorithm):
+    torch.manual_seed(0)
+    eager_model = ResidualBN()
+    compiled_model = copy.deepcopy(eager_model)
+    eager = pclab.PredictiveCoding(eager_model, loss="ce", algorithm=algorithm, steps=6)
+    compiled = pclab.PredictiveCoding(compiled_model, loss="ce", algorithm=algorithm, steps=6, compile=True)
+    batches = [(torch.randn(10, 12), torch.randint(0, 4, (10,)))]
+    if algorithm == "pc":  # a new batch size compiles a second program
+        batches.append((torch.randn(7, 12), torch.randint(0, 4, (7,))))
+    for x, y in batches:
+        want, want_grads, want_buffers = _step(eager, eager_model, x, y)
+        got, got_grads, got_buffers = _step(compiled, compiled_model, x, y)
+        for a, b in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        for a, b in zip(got_buffers, want_buffers):  # running statistics updated once, as eager does
+            torch.testing.assert_close(a, b)
+        assert got.energy_trace == pytest.approx(want.energy_trace, rel=1e-4, abs=1e-6)
+        assert got.energies == pytest.approx(want.energies, rel=1e-4, abs=1e-6)
+        assert got.loss == pytest.approx(want.loss, rel=1e-5)
+
+
+def test_compile_refuses_a_forward_that_draws_random_numbers_and_names_it():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", compile=True)
+    with pytest.raises(ValueError, match=r"Dropout.*\.eval\(\)"):
+        pc.step(torch.randn(4, 8), torch.randint(0, 3, (4,)))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_compile_refuses_incremental_pc():
+    with pytest.raises(ValueError, match="incremental.*compile=False"):
+        pclab.PredictiveCoding(nn.Linear(3, 2), loss="mse", algorithm="incremental", compile=True)
+
+
+def test_the_graph_knows_when_its_forward_draws_random_numbers():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 3)).eval()
+    graph = pclab.capture(model, (torch.randn(2, 8),))  # captured in eval mode: dropout still found
+    assert not graph.draws_random()
+    model.train()
+    assert graph.draws_random()
+    assert not pclab.capture(nn.Sequential(nn.Linear(8, 3)), (torch.randn(2, 8),)).draws_random()
+
+
+class Noisy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + 0.1 * torch.randn_like(x))
+
+
+def test_a_random_op_in_forward_counts_in_every_mode():
+    assert pclab.capture(Noisy().eval(), (torch.randn(2, 4),)).draws_random()

@@ -6,7 +6,15 @@ and speed cancel:
 - ``bp``: ``zero_grad(); loss.backward(); opt.step()`` on the same model and batch;
 - ``fwd + T bwd``: one forward and T backward passes of the plain model plus the
   optimizer step (the cost FPA's T steps should stay within 1.1x of);
-- ``T (fwd+bwd)``: T forward+backward passes plus the optimizer step (PC's budget).
+- ``T (fwd+bwd)``: T forward+backward passes plus the optimizer step (PC's budget);
+- ``T bp``: T backprop steps, optimizer included (incremental PC's budget: it steps
+  the optimizer at every one of its T ticks).
+
+``--compile`` adds the same table with ``compile=True`` (pclab's torch.compile path;
+backprop and the references compiled too, with ``torch.compile(model)``), its
+ratios taken against compiled backprop, plus ``x eager bp``. Incremental PC has no
+compiled path; peak memory is not sampled for compiled rows (fused kernels bypass
+the op-level sampling).
 
 Timings interleave all configurations over several rounds and keep each one's
 median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use bytes,
@@ -107,15 +115,17 @@ def _peak_bytes(step: Callable[[], None]) -> float:
     return float(mode.peak - mode.base)
 
 
-def _training_step(model, x, y, algorithm: str, steps: int):
+def _training_step(model, x, y, algorithm: str, steps: int, compiled: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     if algorithm == "bp":
+        forward = _forward(model, compiled)
+
         def step():
             opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(forward(x), y).backward()
             opt.step()
         return step
-    learner = pclab.learner(model, algorithm, loss="ce", steps=steps)
+    learner = pclab.learner(model, algorithm, loss="ce", steps=steps, compile=compiled)
     if algorithm == "incremental":
         return lambda: learner.step(x, y, optimizer=opt)
 
@@ -126,16 +136,21 @@ def _training_step(model, x, y, algorithm: str, steps: int):
     return step
 
 
-def _reference_steps(model, x, y) -> dict[str, Callable[[], None]]:
+def _forward(model: nn.Module, compiled: bool) -> Callable[..., torch.Tensor]:
+    return torch.compile(model, dynamic=False) if compiled else model
+
+
+def _reference_steps(model, x, y, compiled: bool) -> dict[str, Callable[[], None]]:
     """Plain forward, forward+backward and optimizer step, to time separately."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model_forward = _forward(model, compiled)
 
     def forward():
         with torch.no_grad():
-            model(x)
+            model_forward(x)
 
     def forward_backward():
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model_forward(x), y).backward()
 
     def optimizer():
         opt.zero_grad(set_to_none=False)
@@ -152,12 +167,14 @@ def _time(fn: Callable[[], None], repeat: int) -> float:
 
 
 def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: int, repeat: int,
-            memory: bool) -> list[dict]:
+            memory: bool, compiled: bool = False) -> list[dict]:
     torch.manual_seed(0)
     model = case.build()
     x, y = case.batch(batch)
-    configs = {f"{a}:{t}": _training_step(model, x, y, a, t) for a, t in algorithms}
-    refs = _reference_steps(model, x, y)
+    if compiled:
+        algorithms = [(a, t) for a, t in algorithms if a != "incremental"]
+    configs = {f"{a}:{t}": _training_step(model, x, y, a, t, compiled) for a, t in algorithms}
+    refs = _reference_steps(model, x, y, compiled)
     timings: dict[str, list[float]] = {k: [] for k in [*configs, *refs]}
     for fn in [*configs.values(), *refs.values()]:
         fn()  # warm up: graph capture, optimizer state
@@ -168,18 +185,22 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
     t_fwd, t_fb, t_opt = med["fwd"], med["fwd+bwd"], med["opt"]
     t_bwd = max(t_fb - t_fwd, 1e-9)
     t_bp = med["bp:1"]
+    memory = memory and not compiled
     peak_bp = _peak_bytes(configs["bp:1"]) if memory else math.nan
     rows = []
     for (algorithm, steps), key in zip(algorithms, configs):
         t = med[key]
         row = {"model": case.name, "algorithm": algorithm, "T": steps if algorithm != "bp" else None,
-               "ms_per_step": 1e3 * t, "steps_per_s": 1.0 / t, "vs_bp": t / t_bp}
+               "compiled": compiled, "ms_per_step": 1e3 * t, "steps_per_s": 1.0 / t, "vs_bp": t / t_bp}
         if algorithm == "fpa":
             row["budget"] = "fwd + T bwd"
             row["vs_budget"] = t / (t_fwd + steps * t_bwd + t_opt)
-        elif algorithm in ("pc", "incremental"):
+        elif algorithm == "pc":
             row["budget"] = "T (fwd+bwd)"
             row["vs_budget"] = t / (steps * t_fb + t_opt)
+        elif algorithm == "incremental":
+            row["budget"] = "T bp"
+            row["vs_budget"] = t / (steps * t_bp)
         elif algorithm == "exact":
             row["budget"] = "bp"
             row["vs_budget"] = t / t_bp
@@ -193,16 +214,24 @@ TARGETS = {"exact": 1.3, "fpa": 1.1, "pc": 1.1, "incremental": 1.1}
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'model':<22}{'algorithm':<13}{'T':>4}{'ms/step':>10}{'steps/s':>10}{'x bp':>8}" \
-           f"{'x budget':>10}{'budget':>14}{'mem x bp':>10}"
+    head = f"{'model':<22}{'algorithm':<13}{'T':>4}{'compiled':>9}{'ms/step':>10}{'steps/s':>10}{'x bp':>8}" \
+           f"{'x budget':>10}{'budget':>14}{'mem x bp':>10}{'x eager bp':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['model']:<22}{r['algorithm']:<13}{r['T'] or '':>4}{r['ms_per_step']:>10.2f}"
-            f"{r['steps_per_s']:>10.0f}{r['vs_bp']:>8.2f}"
+            f"{r['model']:<22}{r['algorithm']:<13}{r['T'] or '':>4}{'yes' if r.get('compiled') else '':>9}"
+            f"{r['ms_per_step']:>10.2f}{r['steps_per_s']:>10.0f}{r['vs_bp']:>8.2f}"
             f"{r.get('vs_budget', float('nan')):>10.2f}{r.get('budget', ''):>14}"
-            f"{r.get('peak_memory_vs_bp', float('nan')):>10.2f}")
+            f"{r.get('peak_memory_vs_bp', float('nan')):>10.2f}{r.get('vs_eager_bp', float('nan')):>12.2f}")
     return "\n".join(lines)
+
+
+def _against_eager(rows: list[dict]) -> None:
+    """``vs_eager_bp`` on compiled rows: the speed-up a user gets over plain eager backprop."""
+    eager_bp = {r["model"]: r["ms_per_step"] for r in rows if r["algorithm"] == "bp" and not r["compiled"]}
+    for r in rows:
+        if r["compiled"] and r["model"] in eager_bp:
+            r["vs_eager_bp"] = r["ms_per_step"] / eager_bp[r["model"]]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -213,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--steps", default="1,8,20", help="inference steps T to measure")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also measure every step with compile=True")
+    parser.add_argument("--models", default=None, help=f"comma-separated subset of: {', '.join(c.name for c in CASES)}")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -222,9 +253,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.rounds, args.repeat, steps, cases = 1, 1, [2], CASES[:1]
     algorithms = [("bp", 1), ("exact", 1)] + [(a, t) for t in steps for a in ("fpa", "pc", "incremental")]
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = [m for m in wanted if m not in {c.name for c in CASES}]
+        if unknown:
+            parser.error(f"unknown model {unknown[0]!r}; valid: {', '.join(c.name for c in CASES)}")
+        cases = [c for c in cases if c.name in wanted]
     rows = []
     for case in cases:
-        rows += measure(case, algorithms, args.batch, args.rounds, args.repeat, memory=_LIBC is not None)
+        for compiled in (False, True) if args.compile else (False,):
+            rows += measure(case, algorithms, args.batch, args.rounds, args.repeat,
+                            memory=_LIBC is not None, compiled=compiled)
+        _against_eager(rows)
         print(_table([r for r in rows if r["model"] == case.name]), flush=True)
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="passed to both (default: theirs, ../shared/datasets/...)")
     p.add_argument("--pclab-threads", type=int, default=None,
                    help="pclab_mlp.py --threads (default: torch's own default)")
+    p.add_argument("--pclab-compile", action="store_true", help="pclab_mlp.py --compile (torch.compile path)")
     p.add_argument("--out-dir", default=str(HERE / "results"), help="where the .json and .md go")
     a = p.parse_args(argv)
     if a.rounds is None:
@@ -72,6 +73,8 @@ def _command(lib: str, flags: list[str], json_out: Path, args: argparse.Namespac
         cmd += ["--data-dir", args.data_dir]
     if lib == "pclab" and args.pclab_threads is not None:
         cmd += ["--threads", str(args.pclab_threads)]
+    if lib == "pclab" and args.pclab_compile:
+        cmd += ["--compile"]
     return cmd
 
 

@@ -59,6 +59,7 @@ class Config(harness.Config):
     """Benchmark hyperparameters (``pcx_mlp.py``'s defaults); every field but ``hidden`` is a CLI flag."""
 
     threads: int | None = None  # torch.set_num_threads; None keeps torch's default
+    compile: bool = False  # PredictiveCoding(compile=True): the step through torch.compile, as PCX jits it
 
 
 # Model -----------------------------------------------------------------------
@@ -87,13 +88,14 @@ def after_activations(node: fx.Node) -> bool:
 def make_learner(model: MLP, cfg: Config) -> pclab.PredictiveCoding:
     """PCX's supervised PC: T value-SGD steps of size lr_h, output clamped by ``"mse"``."""
     return pclab.PredictiveCoding(model, loss="mse", algorithm="pc", steps=cfg.T, step_size=cfg.lr_h,
-                                  value_nodes=after_activations)
+                                  value_nodes=after_activations, compile=cfg.compile)
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
     """``optax.adamw(lr_w, weight_decay=...)``: b1 0.9, b2 0.999, eps 1e-8, decay on every parameter."""
+    # fused: one kernel for all parameters, as XLA fuses optax's update (same arithmetic).
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr_w, betas=(0.9, 0.999), eps=1e-8,
-                             weight_decay=cfg.weight_decay)
+                             weight_decay=cfg.weight_decay, fused=True)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1024) -> float:
@@ -155,6 +157,7 @@ class PclabBenchmark(harness.Benchmark):
 
     def add_flags(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+        p.add_argument("--compile", action="store_true", help="PredictiveCoding(compile=True)")
 
     def prepare(self, cfg: Config) -> None:
         if cfg.threads is not None:
@@ -178,7 +181,8 @@ class PclabBenchmark(harness.Benchmark):
     def header_rows(self, report: dict) -> list[tuple[str, str]]:
         v, m = report["versions"], report["machine"]
         return [
-            ("pclab / torch", f"{v['pclab']} ({v['pclab_git']}) / {v['torch']}"),
+            ("pclab / torch", f"{v['pclab']} ({v['pclab_git']}) / {v['torch']}"
+                              f"{', torch.compile' if report['config'].get('compile') else ', eager'}"),
             ("CPU", f"{m['cpu_model']} ({m['nproc']} cores, {m['torch_threads']} torch threads)"),
         ]
 

@@ -21,7 +21,7 @@ algorithm               predictions            what it computes
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -63,6 +63,11 @@ class Outcome:
     errors: list[Tensor]
     trace: Tensor
     grads: learning.GradList | None
+    checksum: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Computed where the outcome is made, so that a compiled step fuses it.
+        self.checksum = checksum(self.trace, self.grads or [])
 
 
 class Algorithm(Protocol):
@@ -71,15 +76,21 @@ class Algorithm(Protocol):
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None) -> Outcome: ...
 
 
-def raise_if_diverged(graph: CapturedGraph, trace: Tensor, grads: learning.GradList) -> None:
+def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
+    """One scalar that is finite when the energies and gradients are: NaN and inf survive
+    a sum, and energies are finite exactly when errors and the loss are."""
+    total = trace.sum()
+    for g in grads:
+        total = total + g.sum()
+    return total
+
+
+def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> None:
     """Raise :class:`DivergenceError` naming the first node and step that went non-finite.
 
-    One host sync for the whole check: energies are finite exactly when errors and
-    the loss are, so the trace stands in for every error tensor.
+    ``checksum`` is :func:`checksum`'s scalar: one host sync for the whole check.
     """
-    norms = torch.stack(torch._foreach_norm(list(grads))) if grads else trace.new_zeros(0)
-    # NaN and inf survive a sum, so one scalar stands for every entry.
-    if bool(torch.isfinite(trace.sum() + norms.sum())):
+    if bool(torch.isfinite(checksum)):
         return
     names = [*graph.names, OUTPUT]
     bad = (~torch.isfinite(trace)).nonzero()
@@ -296,7 +307,8 @@ class Incremental:
                 fb, grads = list(d[:n]), list(d[n:])
                 del d
                 torch._foreach_mul_(grads, -1.0 / B)  # in place: no second copy of the gradients
-                raise_if_diverged(g, trace.tensor(B), grads)
+                energies = trace.tensor(B)
+                raise_if_diverged(g, energies, checksum(energies, grads))
                 learning.assign(problem.params, grads)
                 optimizer.step()
                 values = _leaves(inference.value_update([v.detach() for v in values], errors, fb,

@@ -166,7 +166,7 @@ class PredictiveCoding:
             else:
                 outcome = self._run(problem, optimizer)
         if outcome.grads is not None:
-            raise_if_diverged(graph, outcome.trace, outcome.grads)
+            raise_if_diverged(graph, outcome.trace, outcome.checksum)
             learning.accumulate(params, outcome.grads)
         final = outcome.trace[-1].tolist()
         return StepResult(

@@ -118,7 +118,7 @@ class EnergyTrace:
         self._losses: list[Tensor] = []
 
     def record(self, errors: Sequence[Tensor], loss_sum: Tensor) -> None:
-        self._norms.append(torch.stack(torch._foreach_norm(list(errors))) if errors else loss_sum.new_zeros(0))
+        self._norms.append(_norms(errors) if errors else loss_sum.new_zeros(0))
         self._losses.append(loss_sum.detach())
 
     def tensor(self, batch_size: int) -> Tensor:
@@ -126,3 +126,11 @@ class EnergyTrace:
         norms = torch.stack(self._norms)
         losses = torch.stack(self._losses).to(norms.dtype)
         return torch.cat([0.5 * norms.pow(2), losses[:, None]], dim=1) / batch_size
+
+
+def _norms(tensors: Sequence[Tensor]) -> Tensor:
+    if torch.compiler.is_compiling():
+        # Inductor has no fused lowering of _foreach_norm (it would run one kernel
+        # per tensor, outside the fused code); plain reductions fuse.
+        return torch.stack([torch.linalg.vector_norm(t) for t in tensors])
+    return torch.stack(torch._foreach_norm(list(tensors)))

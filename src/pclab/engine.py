@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -112,7 +113,7 @@ class PredictiveCoding:
         self.compiled = compile
         # dynamic=False: each batch shape gets its own specialised program (a
         # training run sees two, the full batches and the last one).
-        self._run = torch.compile(self.algorithm.run, dynamic=False) if compile else self.algorithm.run
+        self._run = torch.compile(_own_code(self.algorithm.run), dynamic=False) if compile else self.algorithm.run
 
     def capture(self, x: Tensor | tuple[Tensor, ...]) -> CapturedGraph:
         """The captured graph for inputs like ``x`` (traced on first use)."""
@@ -218,6 +219,18 @@ def learner(model: nn.Module, algorithm: str, *, loss: str | OutputLoss, steps: 
         return Backprop(model, loss=loss, compile=compile)
     return PredictiveCoding(model, loss=loss, algorithm=algorithm, steps=steps, step_size=step_size,
                             compile=compile, **options)
+
+
+def _own_code(method: Any) -> Any:
+    """``method`` with a code object of its own.
+
+    torch.compile keeps compiled programs per code object, with a limit of a few
+    per object: learners sharing ``run``'s code would evict each other (a sweep
+    builds many) and fall back to eager mode. A copy gives each learner its own.
+    """
+    f = method.__func__
+    own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    return types.MethodType(own, method.__self__)
 
 
 def _random_origin(graph: CapturedGraph) -> str:

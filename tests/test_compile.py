@@ -89,7 +89,8 @@ def test_a_random_op_in_forward_counts_in_every_mode():
     assert pclab.capture(Noisy().eval(), (torch.randn(2, 4),)).draws_random()
 
 
-def test_many_compiled_learners_each_keep_their_own_program(monkeypatch):
+@pytest.mark.parametrize("algorithm", ["bp", "fpa"])
+def test_many_compiled_learners_each_keep_their_own_program(monkeypatch, algorithm):
     # A sweep builds a learner per run; sharing one compile cache would hit dynamo's
     # recompile limit and silently fall back to eager mode.
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
@@ -97,6 +98,6 @@ def test_many_compiled_learners_each_keep_their_own_program(monkeypatch):
     for seed in range(4):
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
-        pc = pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", steps=3, compile=True)
+        pc = pclab.learner(model, algorithm, loss="ce", steps=3, compile=True)
         for batch in (4, 4, 2):
             pc.step(torch.randn(batch, 5), torch.randint(0, 3, (batch,)))

@@ -194,7 +194,7 @@ class Backprop:
         self.model = model
         self.loss = get_loss(loss)
         # The same switch as PredictiveCoding's, so that speed comparisons compare like with like.
-        self._forward = torch.compile(model, dynamic=False) if compile else model
+        self._forward = torch.compile(_own_code(lambda *inputs: model(*inputs)), dynamic=False) if compile else model
 
     def step(self, x: Tensor | tuple[Tensor, ...], y: Tensor, *,
              optimizer: torch.optim.Optimizer | None = None) -> StepResult:
@@ -221,16 +221,16 @@ def learner(model: nn.Module, algorithm: str, *, loss: str | OutputLoss, steps: 
                             compile=compile, **options)
 
 
-def _own_code(method: Any) -> Any:
-    """``method`` with a code object of its own.
+def _own_code(fn: Any) -> Any:
+    """``fn`` (a function or bound method) with a code object of its own.
 
     torch.compile keeps compiled programs per code object, with a limit of a few
     per object: learners sharing ``run``'s code would evict each other (a sweep
     builds many) and fall back to eager mode. A copy gives each learner its own.
     """
-    f = method.__func__
+    f = getattr(fn, "__func__", fn)
     own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
-    return types.MethodType(own, method.__self__)
+    return types.MethodType(own, fn.__self__) if hasattr(fn, "__func__") else own
 
 
 def _random_origin(graph: CapturedGraph) -> str:

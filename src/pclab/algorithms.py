@@ -243,9 +243,12 @@ class PC:
                     feedforward_loss = loss_sum.detach()
                 trace.record(errors, loss_sum)
                 receivers = [values[i] for i in sweep.receivers]
+                # Eager mode frees each step's graph at once; torch.compile refuses a
+                # graph freed and then read again, which the final weight step does for
+                # the predictions no value moves.
                 fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
                                         [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
-                                        receivers, retain_graph=True)
+                                        receivers, retain_graph=torch.compiler.is_compiling())
                 moved = inference.value_update([r.detach() for r in receivers],
                                                [errors[i] for i in sweep.receivers], fb, self.step_size)
                 for i, v in zip(sweep.receivers, _leaves(moved)):

@@ -99,27 +99,6 @@ def test_rerun_resumes_without_recomputing(tiny_run, monkeypatch):
     assert json.dumps(again) == json.dumps(records)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"cs": "0.5,0"}, "positive"),
-    ({"cs": "-1"}, "positive"),
-    ({"cs": ","}, "empty"),
-    ({"widths": "16,0"}, "integer >= 1"),
-    ({"widths": ""}, None),  # empty means the preset's: fine
-    ({"train_size": 10 ** 7}, "larger than"),
-    ({"algorithms": "bp,backprop"}, "unknown algorithm"),
-])
-def test_bad_input_fails_before_any_run(options, message, monkeypatch, tmp_path):
-    monkeypatch.setattr(catapult, "run_one", lambda run: pytest.fail("a run started"))
-    if message is None:
-        catapult.make_config(quick=True, **options)
-        return
-    with pytest.raises(ConfigError, match=message):
-        catapult.make_config(quick=True, **options)
-    with pytest.raises(typer.BadParameter, match=message):
-        catapult.command(quick=True, out=tmp_path, **options)
-    assert not (tmp_path / "runs").exists()
-
-
 def test_typer_app_runs_the_command(tmp_path):
     app = typer.Typer()
 

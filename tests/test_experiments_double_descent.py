@@ -5,10 +5,8 @@ import json
 
 import pytest
 import torch
-import typer
 
 from pclab.experiments import double_descent as dd
-from pclab.experiments.common import ConfigError
 
 
 def test_threshold_width_counts_parameters():
@@ -83,19 +81,3 @@ def test_summary_matches_records(tiny_run):
         errs = [r["result"]["test_err"] for r in sorted(
             (r for r in stored if r["config"].get("algorithm") == alg), key=lambda r: r["config"]["width"])]
         assert f"| {alg} | 0 | {errs[0]:.3f} | {errs[1]:.3f} |" in summary
-
-
-@pytest.mark.parametrize("options, message", [
-    ({"widths": "0,4"}, "integer >= 1"),
-    ({"features": "10,-5"}, "integer >= 1"),
-    ({"features": "none", "widths": "none"}, "nothing to run"),
-    ({"train_size": 10 ** 6}, "larger than"),
-    ({"label_noise": 1.5}, "label-noise"),
-])
-def test_bad_input(options, message, tmp_path, monkeypatch):
-    monkeypatch.setattr(dd, "run_one", lambda run: pytest.fail("a run started"))
-    with pytest.raises(ConfigError, match=message):
-        dd.make_config(quick=True, **options)
-    with pytest.raises(typer.BadParameter):
-        dd.command(quick=True, out=tmp_path, **options)
-    assert not (tmp_path / "runs").exists()

@@ -1,10 +1,11 @@
-"""pclab sample-efficiency: standard, catapult and student recipes end to end, resume, bad input."""
+"""pclab sample-efficiency: the three recipes end to end, resume, and the Song et al. anchor preset."""
 
 import dataclasses
+import gzip
 import json
 
+import numpy as np
 import pytest
-import typer
 
 from pclab.experiments import sample_efficiency as se
 from pclab.experiments.common import ConfigError
@@ -60,17 +61,58 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch):
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in records)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"sizes": "100,100000000"}, "larger than"),
-    ({"sizes": "5"}, "below one example per class"),
-    ({"sizes": "0"}, "integer >= 1"),
-    ({"recipes": "standard,magic"}, "unknown recipe"),
-    ({"catapult_c": -2.0}, "catapult-c"),
-])
-def test_bad_input(options, message, tmp_path, monkeypatch):
-    monkeypatch.setattr(se, "run_one", lambda run: pytest.fail("a run started"))
-    with pytest.raises(ConfigError, match=message):
-        se.make_config(quick=True, **options)
-    with pytest.raises(typer.BadParameter):
-        se.command(quick=True, out=tmp_path, **options)
-    assert not (tmp_path / "runs").exists()
+def _fake_fashion(folder, per_class=60, test_per_class=10):
+    """Fashion-MNIST-format IDX files (4x4 images whose brightness pattern depends on the class)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def idx(path, array):
+        header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+    for split, n in (("train", per_class), ("t10k", test_per_class)):
+        y = np.repeat(np.arange(10), n)
+        x = rng.integers(0, 60, (len(y), 4, 4)) + 19 * y[:, None, None] * (np.arange(16) % 2).reshape(4, 4)
+        idx(folder / f"{split}-images-idx3-ubyte.gz", x)
+        idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
+    return folder
+
+
+def test_song_preset_is_their_row():
+    song = se.SONG
+    assert song.sizes == (600, 3000, 6000, 30000, 60000)  # 60 ... 6,000 examples per class
+    assert song.recipes == ("standard",) and song.algorithms == ("bp", "pc")
+    assert (song.width, song.depth, song.activation, song.loss) == (32, 2, "sigmoid", "mse")
+    assert song.metric == "min_test_error" and song.anchor
+    with pytest.raises(ConfigError, match="Fashion-MNIST"):
+        dataclasses.replace(song, dataset="digits").validate()
+
+
+@pytest.fixture(scope="module")
+def song_run(tmp_path_factory):
+    folder = _fake_fashion(tmp_path_factory.mktemp("fashion"))
+    config = se.make_config(preset="song", sizes="600", num_seeds=1, data_dir=folder)
+    assert (config.dataset, config.data_dir, config.sizes) == ("fashion-mnist", str(folder), (600,))
+    config = dataclasses.replace(config, epochs=1, min_steps=6, eval_points=3, pc_steps=3)
+    assert se.standard_steps(config, 600) == 19 and se.standard_steps(config, 60000) == 1875
+    out = tmp_path_factory.mktemp("song")
+    return out, se.run(config, out, workers=1, progress=False)
+
+
+def test_song_run_reports_minimum_test_error_next_to_the_anchor(song_run):
+    out, _ = song_run
+    stored = json.loads((out / "results.json").read_text())
+    assert sorted(r["config"]["algorithm"] for r in stored) == ["bp", "pc"]
+    err = {}
+    for r in stored:
+        res = r["result"]
+        assert (r["config"]["width"], r["config"]["activation"], r["config"]["loss"]) == (32, "sigmoid", "mse")
+        assert res["best_test_acc"] == max(e["test_acc"] for e in res["evals"]) and len(res["evals"]) > 2
+        err[r["config"]["algorithm"]] = 1 - res["best_test_acc"]
+    summary = (out / "summary.md").read_text()
+    assert summary.index("## Minimum test error") < summary.index("## Final test accuracy")
+    at_end = sum(max(r["result"]["evals"], key=lambda e: e["test_acc"])["step"] == 19 for r in stored)
+    assert (f"| 60 | 600 | {err['bp']:.3f} | 0.27 | {err['pc']:.3f} | 0.25 | {err['pc'] - err['bp']:+.3f} "
+            f"| -0.020 | 1 | 19 | {at_end} of 2 |") in summary
+    assert "| 300 | 3000 | not run | 0.182 | not run | 0.178 | - | -0.004 | - | - | - |" in summary
+    assert "not run: [300, 600, 3000, 6000]" in summary

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
@@ -37,7 +37,7 @@ import torch
 import typer
 
 from . import common
-from .common import ConfigError, fmt, require, table
+from .common import fmt, require, table
 from .sharpness import top_eigenvalue
 from .sweep import results as flat_results
 from .sweep import run_sweep
@@ -232,20 +232,10 @@ def run(config: CatapultConfig, out: Path, *, workers: int = 2, ray: bool = Fals
     records = run_sweep(run_one, runs(config), out, workers=workers, ray=ray,
                         ray_address=ray_address, score=lambda r: r.get("test_acc", math.nan),
                         desc="catapult (best test acc)", progress=progress)
-    summary = summarise(records, config)
-    plot(records, config, out)
-    common.write_outputs(out, config, records, summary)
-    return records
+    return common.write_outputs(out, config, records, summarise, plot)
 
 
 # ---------------------------------------------------------------------- summary
-
-
-def _group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[tuple(r[k] for k in keys)].append(r)
-    return groups
 
 
 def majority(regimes: Sequence[str]) -> str:
@@ -259,17 +249,17 @@ def analyse(records: list[dict]) -> dict:
     rows = flat_results(records)
     out: dict = {"lambda0": {}, "regimes": {}, "c_max": {}, "first_divergent": {}, "spike": {},
                  "settle": {}, "help": {}}
-    for (w,), group in sorted(_group(rows, "width").items()):
+    for (w,), group in sorted(common.group(rows, "width").items()):
         out["lambda0"][w] = statistics.fmean(r["lambda0"] for r in group)
-    for (a, w), group in sorted(_group(rows, "algorithm", "width").items()):
-        by_c = _group(group, "c")
+    for (a, w), group in sorted(common.group(rows, "algorithm", "width").items()):
+        by_c = common.group(group, "c")
         regimes = {c: majority([r["regime"] for r in rs]) for (c,), rs in sorted(by_c.items())}
         out["regimes"][(a, w)] = regimes
         ok = [c for c, reg in regimes.items() if reg != "divergent"]
         bad = [c for c, reg in regimes.items() if reg == "divergent"]
         out["c_max"][(a, w)] = max(ok) if ok else math.nan
         out["first_divergent"][(a, w)] = min(bad) if bad else math.nan
-    for (a,), group in sorted(_group(rows, "algorithm").items()):
+    for (a,), group in sorted(common.group(rows, "algorithm").items()):
         above = [r for r in group if r["c"] > 1 and r["regime"] != "divergent"]
         below = [r for r in group if r["c"] < 1]
         out["spike"][a] = {
@@ -282,9 +272,9 @@ def analyse(records: list[dict]) -> dict:
                                                    for r in cat]) if cat else math.nan,
             "median_final_ratio": statistics.median([r["final_sharpness"] * r["lr"] / 2
                                                      for r in cat]) if cat else math.nan}
-    for (a, w), group in sorted(_group(rows, "algorithm", "width").items()):
+    for (a, w), group in sorted(common.group(rows, "algorithm", "width").items()):
         acc = {c: statistics.fmean(r["test_acc"] for r in rs)
-               for (c,), rs in _group(group, "c").items() if all(math.isfinite(r["test_acc"]) for r in rs)}
+               for (c,), rs in common.group(group, "c").items() if all(math.isfinite(r["test_acc"]) for r in rs)}
         regimes = out["regimes"][(a, w)]
         lazy = {c: v for c, v in acc.items() if regimes[c] == "lazy"}
         cat = {c: v for c, v in acc.items() if regimes[c] == "catapult"}
@@ -388,7 +378,7 @@ def plot(records: list[dict], config: CatapultConfig, out: Path) -> list[Path]:
     fig.legend(handles=[Patch(color=COLOURS[r], label=r) for r in REGIMES], loc="upper center",
                ncol=len(REGIMES), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.88))
-    paths.append(_save(fig, out / "phase_diagram.png"))
+    paths.append(common.save_figure(fig, out / "phase_diagram.png"))
 
     widest, seed = widths[-1], min(r["seed"] for r in rows)
     fig, axes = plt.subplots(len(algorithms), 2, figsize=(11, 3.2 * len(algorithms)), squeeze=False)
@@ -414,7 +404,7 @@ def plot(records: list[dict], config: CatapultConfig, out: Path) -> list[Path]:
         ax_sharp.set_xlabel("step")
         ax_sharp.set_ylabel("sharpness (dashed: 2/lr)")
     fig.tight_layout()
-    paths.append(_save(fig, out / "curves.png"))
+    paths.append(common.save_figure(fig, out / "curves.png"))
 
     fig, axes = plt.subplots(1, len(algorithms), figsize=(5 * len(algorithms), 3.5), squeeze=False)
     for ax, alg in zip(axes[0], algorithms):
@@ -433,18 +423,8 @@ def plot(records: list[dict], config: CatapultConfig, out: Path) -> list[Path]:
         ax.set_title(alg)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(_save(fig, out / "test_accuracy.png"))
+    paths.append(common.save_figure(fig, out / "test_accuracy.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    fig.clf()
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------- command
@@ -468,28 +448,21 @@ def command(
     progress: common.Progress = True,
 ) -> None:
     """Learning-rate regimes (lazy / catapult / divergent) of wide ReLU nets, bp vs PC."""
-    try:
-        config = make_config(quick=quick, algorithms=algorithms, widths=widths, cs=cs, steps=steps,
-                             train_size=train_size, pc_steps=pc_steps, data_dir=data_dir, seed=seed,
-                             num_seeds=num_seeds)
-    except ConfigError as e:
-        raise common.bad_parameter(e) from e
-    run(config, out, workers=workers, ray=ray, ray_address=ray_address or None, progress=progress)
-    print((out / "summary.md").read_text())
+    common.execute(lambda: make_config(quick=quick, algorithms=algorithms, widths=widths, cs=cs, steps=steps,
+                                       train_size=train_size, pc_steps=pc_steps, data_dir=data_dir,
+                                       seed=seed, num_seeds=num_seeds),
+                   run, out, workers=workers, ray=ray, ray_address=ray_address, progress=progress)
 
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str = "", cs: str = "",
                 steps: int = 0, train_size: int = 0, pc_steps: int = 0, data_dir: Path | str | None = None,
                 seed: int = 0, num_seeds: int = 0) -> CatapultConfig:
     """The preset with the command line's overrides, checked (raises :class:`ConfigError`)."""
-    preset = QUICK if quick else FULL
-    dataset, folder = common.data_source(data_dir)
-    config = common.override(
-        preset,
-        algorithms=common.parse_list(algorithms, str, "algorithms"),
+    data, available = common.image_data(data_dir)
+    config = common.configure(
+        QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, **data,
         widths=common.parse_list(widths, int, "widths") if widths else None,
         cs=common.parse_list(cs, float, "cs") if cs else None,
-        steps=steps or None, train_size=train_size or None, pc_steps=pc_steps or None,
-        seeds=common.seeds(seed, num_seeds, preset.seeds), dataset=dataset, data_dir=folder)
-    config.validate(available=common.available_images(dataset, folder))
+        steps=steps or None, train_size=train_size or None, pc_steps=pc_steps or None)
+    config.validate(available=available)
     return config

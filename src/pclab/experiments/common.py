@@ -1,8 +1,9 @@
-"""What every lab command shares: option parsing, input checks, the run folder.
+"""What every lab command shares: option parsing, input checks, the run folder, plots.
 
-Each command turns its options into a typed experiment config, checks it (a bad
-grid fails with :class:`ConfigError` before any run starts), runs the sweep and
-writes ``<out>/``:
+Each command turns its options into a typed experiment config (:func:`configure`,
+:func:`image_data`), checks it (a bad grid fails with :class:`ConfigError` before
+any run starts), runs the sweep and writes ``<out>/`` (:func:`execute`,
+:func:`write_outputs`):
 
 * ``config.json``: the experiment config, every hyperparameter and seed;
 * ``runs/<id>.json``: one raw record per finished run (see :mod:`.sweep`);
@@ -16,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -49,9 +51,19 @@ def seeds(seed: int, num_seeds: int, preset: Sequence[int]) -> tuple[int, ...]:
     return tuple(range(seed, seed + (num_seeds or len(preset))))
 
 
-def bad_parameter(error: ConfigError) -> typer.BadParameter:
-    """The CLI form of a config error: typer prints it and exits with status 2."""
-    return typer.BadParameter(str(error))
+def execute(make_config: Callable[[], Any], run: Callable[..., list[dict]], out: Path, *, workers: int,
+            ray: bool, ray_address: str, progress: bool) -> None:
+    """What a command does: build its config, run the sweep into ``out``, print the summary.
+
+    A :class:`ConfigError` becomes ``typer.BadParameter`` (typer prints it and exits
+    with status 2) before any run starts.
+    """
+    try:
+        config = make_config()
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from e
+    run(config, out, workers=workers, ray=ray, ray_address=ray_address or None, progress=progress)
+    print((out / "summary.md").read_text())
 
 
 class ConfigError(ValueError):
@@ -77,7 +89,14 @@ def override(preset: T, **options: Any) -> T:
     return dataclasses.replace(preset, **given)
 
 
+def configure(preset: T, *, algorithms: str, seed: int, num_seeds: int, **options: Any) -> T:
+    """``preset`` with ``--algorithms``, the seeds and the other options (:func:`override`); not yet checked."""
+    return override(preset, algorithms=parse_list(algorithms, str, "algorithms"),
+                    seeds=seeds(seed, num_seeds, preset.seeds), **options)
+
+
 def check_algorithms(algorithms: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless ``algorithms`` is a non-empty list of distinct known names."""
     require(len(algorithms) > 0, "--algorithms is empty; give e.g. bp,pc")
     for a in algorithms:
         require(a in ALGORITHMS, f"unknown algorithm {a!r} in --algorithms; valid: {', '.join(ALGORITHMS)}")
@@ -85,11 +104,13 @@ def check_algorithms(algorithms: Sequence[str]) -> None:
 
 
 def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message)
 
 
 def check_positive(values: Sequence[float], option: str, *, integer: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``values`` is a non-empty grid of distinct positive numbers."""
     require(len(values) > 0, f"--{option} is empty: the grid needs at least one value")
     for v in values:
         if integer:
@@ -99,32 +120,43 @@ def check_positive(values: Sequence[float], option: str, *, integer: bool = Fals
     require(len(set(values)) == len(values), f"--{option} repeats a value: {tuple(values)}")
 
 
-def data_source(data_dir: Path | str | None) -> tuple[str, str | None]:
-    """:func:`.training.resolve_data`, its errors as :class:`ConfigError`."""
+def image_data(data_dir: Path | str | None) -> tuple[dict[str, str | None], int]:
+    """An image experiment's ``dataset``/``data_dir`` options (:func:`.training.resolve_data`) and
+    its number of training images; a missing or corrupt dataset is a :class:`ConfigError`."""
     try:
-        return resolve_data(data_dir)
+        dataset, folder = resolve_data(data_dir)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-
-
-def available_images(dataset: str, folder: str | None) -> int:
-    """Training images in the dataset; a missing or corrupt dataset is a :class:`ConfigError`."""
     try:
-        return dataset_size(dataset, folder)
+        available = dataset_size(dataset, folder)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load {dataset} from {folder}: {e}") from e
+    return {"dataset": dataset, "data_dir": folder}, available
 
 
-def write_outputs(out: Path, config: Any, records: list[dict], summary: str) -> None:
-    """``config.json``, ``results.json`` and ``summary.md`` in ``out``."""
+def write_outputs(out: Path, config: Any, records: list[dict],
+                  summarise: Callable[[list[dict], Any], str],
+                  plot: Callable[[list[dict], Any, Path], list[Path]]) -> list[dict]:
+    """The plots, ``config.json``, ``results.json`` and ``summary.md`` in ``out``; returns ``records``."""
+    summary = summarise(records, config)
+    plot(records, config, out)
     write_json_atomic(out / "config.json", {"experiment": type(config).__name__,
                                             **config_dict(config),
                                             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     write_json_atomic(out / "results.json", records)
     write_text_atomic(out / "summary.md", summary)
+    return records
 
 
 # ------------------------------------------------------------------- statistics
+
+
+def group(rows: Iterable[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """``rows`` grouped by their values at ``keys``, in order of first appearance."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in keys)].append(r)
+    return groups
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -159,3 +191,12 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (folders made as needed) and free it; returns ``path``."""
+    plt = pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -38,7 +37,7 @@ import typer
 from torch import Tensor, nn
 
 from . import common
-from .common import ConfigError, fmt, require, table
+from .common import fmt, require, table
 from .sweep import results as flat_results
 from .sweep import run_sweep
 from .training import Recipe, accuracy, load_data, mean_loss, train
@@ -253,10 +252,7 @@ def run(config: DoubleDescentConfig, out: Path, *, workers: int = 2, ray: bool =
     records = run_sweep(run_one, plan, out, workers=workers, ray=ray, ray_address=ray_address,
                         score=lambda r: 1 - r.get("test_err", r.get("minnorm_test_err", math.nan)),
                         desc="double descent (best test acc)", progress=progress)
-    summary = summarise(records, config)
-    plot(records, config, out)
-    common.write_outputs(out, config, records, summary)
-    return records
+    return common.write_outputs(out, config, records, summarise, plot)
 
 
 # ---------------------------------------------------------------------- summary
@@ -268,11 +264,9 @@ def interior_peaks(xs: list[float], ys: list[float]) -> list[int]:
 
 
 def _curve(rows: list[dict], key: str, x: str) -> tuple[list[float], list[float]]:
-    by_x: dict = defaultdict(list)
-    for r in rows:
-        by_x[r[x]].append(r[key])
+    by_x = common.group(rows, x)
     xs = sorted(by_x)
-    return xs, [statistics.fmean(by_x[v]) for v in xs]
+    return [v for (v,) in xs], [statistics.fmean(r[key] for r in by_x[v]) for v in xs]
 
 
 def analyse(records: list[dict]) -> dict:
@@ -292,10 +286,7 @@ def analyse(records: list[dict]) -> dict:
                      "largest_ridge": rd[-1], "smallest_minnorm": mn[0], "ridge_max": max(rd),
                      "ridge_peaks": [xs[i] for i in interior_peaks(xs, rd)],
                      "minnorm_peaks": [xs[i] for i in interior_peaks(xs, mn)]}
-    groups: dict = defaultdict(list)
-    for r in mlp:
-        groups[(r["algorithm"], r["weight_decay"])].append(r)
-    for key, rs in sorted(groups.items()):
+    for key, rs in sorted(common.group(mlp, "algorithm", "weight_decay").items()):
         xs, test_err = _curve(rs, "test_err", "width")
         _, test_loss = _curve(rs, "test_loss", "width")
         _, train_err = _curve(rs, "train_err", "width")
@@ -400,7 +391,7 @@ def plot(records: list[dict], config: DoubleDescentConfig, out: Path) -> list[Pa
         ax1.set_yscale("log")
         fig.suptitle("random ReLU features, least squares", fontsize=10)
         fig.tight_layout()
-        paths.append(_save(fig, out / "random_features.png"))
+        paths.append(common.save_figure(fig, out / "random_features.png"))
     if a["mlp"]:
         algorithms = [x for x in config.algorithms if any(k[0] == x for k in a["mlp"])]
         fig, axes = plt.subplots(2, len(algorithms), figsize=(5 * len(algorithms), 6.5), squeeze=False)
@@ -421,17 +412,8 @@ def plot(records: list[dict], config: DoubleDescentConfig, out: Path) -> list[Pa
                 ax.set_title(alg)
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        paths.append(_save(fig, out / "mlp_width.png"))
+        paths.append(common.save_figure(fig, out / "mlp_width.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------- command
@@ -457,15 +439,11 @@ def command(
     progress: common.Progress = True,
 ) -> None:
     """Test error vs model size through the interpolation threshold (random features and MLPs), bp vs PC."""
-    try:
-        config = make_config(quick=quick, algorithms=algorithms, features=features, widths=widths,
-                             weight_decays=weight_decays, train_size=train_size, label_noise=label_noise,
-                             steps=steps, pc_steps=pc_steps, data_dir=data_dir, seed=seed,
-                             num_seeds=num_seeds)
-    except ConfigError as e:
-        raise common.bad_parameter(e) from e
-    run(config, out, workers=workers, ray=ray, ray_address=ray_address or None, progress=progress)
-    print((out / "summary.md").read_text())
+    common.execute(lambda: make_config(quick=quick, algorithms=algorithms, features=features, widths=widths,
+                                       weight_decays=weight_decays, train_size=train_size,
+                                       label_noise=label_noise, steps=steps, pc_steps=pc_steps,
+                                       data_dir=data_dir, seed=seed, num_seeds=num_seeds),
+                   run, out, workers=workers, ray=ray, ray_address=ray_address, progress=progress)
 
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str = "", widths: str = "",
@@ -473,20 +451,19 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str
                 pc_steps: int = 0, data_dir: Path | str | None = None, seed: int = 0,
                 num_seeds: int = 0) -> DoubleDescentConfig:
     preset = QUICK if quick else FULL
-    dataset, folder = common.data_source(data_dir)
+    data, available = common.image_data(data_dir)
 
     def grid(text: str, option: str):
         if not text:
             return None
         return () if text.strip().lower() == "none" else common.parse_list(text, int, option)
 
-    config = common.override(
-        preset, algorithms=common.parse_list(algorithms, str, "algorithms"),
+    config = common.configure(
+        preset, algorithms=algorithms, seed=seed, num_seeds=num_seeds, **data,
         features=grid(features, "features"), widths=grid(widths, "widths"),
         weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None,
         train_size=train_size or None, label_noise=None if label_noise == -1.0 else label_noise,
-        steps=steps or None, pc_steps=pc_steps or None, seeds=common.seeds(seed, num_seeds, preset.seeds),
-        dataset=dataset, data_dir=folder,
-        downsample=preset.downsample if dataset == "fashion-mnist" else 1)
-    config.validate(available=common.available_images(dataset, folder))
+        steps=steps or None, pc_steps=pc_steps or None,
+        downsample=preset.downsample if data["dataset"] == "fashion-mnist" else 1)
+    config.validate(available=available)
     return config

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -30,7 +29,7 @@ import typer
 from torch import Tensor, nn
 
 from . import common
-from .common import ConfigError, fmt, require, table
+from .common import fmt, require, table
 from .sweep import results as flat_results
 from .sweep import run_sweep
 from .training import Recipe, accuracy, mean_loss, train, weight_norm
@@ -219,10 +218,7 @@ def run(config: GrokConfig, out: Path, *, workers: int = 2, ray: bool = False,
     records = run_sweep(run_one, runs(config), out, workers=workers, ray=ray, ray_address=ray_address,
                         score=lambda r: r.get("final_val_acc", math.nan),
                         desc="grok (best val acc)", progress=progress)
-    summary = summarise(records, config)
-    plot(records, config, out)
-    common.write_outputs(out, config, records, summary)
-    return records
+    return common.write_outputs(out, config, records, summarise, plot)
 
 
 # ---------------------------------------------------------------------- summary
@@ -230,9 +226,7 @@ def run(config: GrokConfig, out: Path, *, workers: int = 2, ray: bool = False,
 
 def analyse(records: list[dict]) -> dict[tuple, dict]:
     """Per (fraction, weight decay, algorithm): steps to 99% (mean over the seeds that got there)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in flat_results(records):
-        groups[(r["fraction"], r["weight_decay"], r["algorithm"])].append(r)
+    groups = common.group(flat_results(records), "fraction", "weight_decay", "algorithm")
     out = {}
     for key, rs in sorted(groups.items()):
         train_steps = [r["steps_to_train"] for r in rs if r["steps_to_train"] is not None]
@@ -336,7 +330,7 @@ def plot(records: list[dict], config: GrokConfig, out: Path) -> list[Path]:
             ax.legend(fontsize=7)
     fig.suptitle(f"a + b mod {config.p}, train fraction {fraction:g}, seed {seed}", fontsize=10)
     fig.tight_layout()
-    paths.append(_save(fig, out / "curves.png"))
+    paths.append(common.save_figure(fig, out / "curves.png"))
 
     fig, axes = plt.subplots(1, len(algorithms), figsize=(4.5 * len(algorithms), 3.2), squeeze=False)
     for ax, alg in zip(axes[0], algorithms):
@@ -351,7 +345,7 @@ def plot(records: list[dict], config: GrokConfig, out: Path) -> list[Path]:
         ax.set_title(alg)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save(fig, out / "weight_norm.png"))
+    paths.append(common.save_figure(fig, out / "weight_norm.png"))
 
     a = analyse(records)
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -366,17 +360,8 @@ def plot(records: list[dict], config: GrokConfig, out: Path) -> list[Path]:
     ax.set_ylabel("steps to 99% (missing: not reached)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save(fig, out / "steps_to_99.png"))
+    paths.append(common.save_figure(fig, out / "steps_to_99.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------- command
@@ -402,26 +387,20 @@ def command(
     progress: common.Progress = True,
 ) -> None:
     """Grokking a + b mod p: steps to 99% train and validation accuracy vs weight decay, bp vs PC."""
-    try:
-        config = make_config(quick=quick, algorithms=algorithms, model=model, p=p, fractions=fractions,
-                             weight_decays=weight_decays, lr=lr, steps=steps, eval_every=eval_every,
-                             pc_steps=pc_steps, seed=seed, num_seeds=num_seeds)
-    except ConfigError as e:
-        raise common.bad_parameter(e) from e
-    run(config, out, workers=workers, ray=ray, ray_address=ray_address or None, progress=progress)
-    print((out / "summary.md").read_text())
+    common.execute(lambda: make_config(quick=quick, algorithms=algorithms, model=model, p=p, fractions=fractions,
+                                       weight_decays=weight_decays, lr=lr, steps=steps, eval_every=eval_every,
+                                       pc_steps=pc_steps, seed=seed, num_seeds=num_seeds),
+                   run, out, workers=workers, ray=ray, ray_address=ray_address, progress=progress)
 
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", model: str = "", p: int = 0,
                 fractions: str = "", weight_decays: str = "", lr: float = 0.0, steps: int = 0,
                 eval_every: int = 0, pc_steps: int = 0, seed: int = 0, num_seeds: int = 0) -> GrokConfig:
-    preset = QUICK if quick else FULL
-    config = common.override(
-        preset, model=model or None, p=p or None, lr=lr or None, steps=steps or None,
-        eval_every=eval_every or None, pc_steps=pc_steps or None,
-        algorithms=common.parse_list(algorithms, str, "algorithms"),
+    config = common.configure(
+        QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, model=model or None,
+        p=p or None, lr=lr or None, steps=steps or None, eval_every=eval_every or None,
+        pc_steps=pc_steps or None,
         fractions=common.parse_list(fractions, float, "fractions") if fractions else None,
-        weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None,
-        seeds=common.seeds(seed, num_seeds, preset.seeds))
+        weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None)
     config.validate()
     return config

@@ -1,0 +1,53 @@
+"""What every lab command shares: bad input fails before any run, with a message naming it."""
+
+import pytest
+import typer
+
+from pclab.experiments import catapult, double_descent, grok, sample_efficiency
+from pclab.experiments.common import ConfigError, group
+
+
+@pytest.mark.parametrize("module, options, message", [
+    (catapult, {"cs": "0.5,0"}, "positive"),
+    (catapult, {"cs": "-1"}, "positive"),
+    (catapult, {"cs": ","}, "empty"),
+    (catapult, {"widths": "16,0"}, "integer >= 1"),
+    (catapult, {"widths": ""}, None),  # empty means the preset's: fine
+    (catapult, {"train_size": 10 ** 7}, "larger than"),
+    (catapult, {"algorithms": "bp,backprop"}, "unknown algorithm"),
+    (double_descent, {"widths": "0,4"}, "integer >= 1"),
+    (double_descent, {"features": "10,-5"}, "integer >= 1"),
+    (double_descent, {"features": "none", "widths": "none"}, "nothing to run"),
+    (double_descent, {"train_size": 10 ** 6}, "larger than"),
+    (double_descent, {"label_noise": 1.5}, "label-noise"),
+    (grok, {"fractions": "0.5,1.0"}, "strictly between"),
+    (grok, {"fractions": ""}, None),
+    (grok, {"weight_decays": "1,-1"}, ">= 0"),
+    (grok, {"p": 1}, "p must be"),
+    (grok, {"algorithms": "pc,nope"}, "unknown algorithm"),
+    (grok, {"model": "lstm"}, "mlp or transformer"),
+    (sample_efficiency, {"sizes": "100,100000000"}, "larger than"),
+    (sample_efficiency, {"sizes": "5"}, "below one example per class"),
+    (sample_efficiency, {"sizes": "0"}, "integer >= 1"),
+    (sample_efficiency, {"recipes": "standard,magic"}, "unknown recipe"),
+    (sample_efficiency, {"catapult_c": -2.0}, "catapult-c"),
+    (sample_efficiency, {"preset": "song"}, "disagree"),
+    (sample_efficiency, {"epochs": -3}, "epochs must be >= 1"),
+    (sample_efficiency, {"max_steps": 10}, "below --min-steps"),
+], ids=lambda v: v.__name__.rsplit(".", 1)[-1] if hasattr(v, "__name__") else None)
+def test_bad_input_fails_before_any_run(module, options, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))
+    if message is None:
+        module.make_config(quick=True, **options)
+        return
+    with pytest.raises(ConfigError, match=message):
+        module.make_config(quick=True, **options)
+    with pytest.raises(typer.BadParameter, match=message):
+        module.command(quick=True, out=tmp_path, **options)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_group_keeps_first_appearance_order():
+    rows = [{"a": 2, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}]
+    assert list(group(rows, "a", "b")) == [(2, "x"), (1, "y")]
+    assert group(rows, "a")[(2,)] == [rows[0], rows[2]]

@@ -34,6 +34,7 @@ from pclab.experiments.common import ConfigError, group
     (sample_efficiency, {"preset": "song"}, "disagree"),
     (sample_efficiency, {"epochs": -3}, "epochs must be >= 1"),
     (sample_efficiency, {"max_steps": 10}, "below --min-steps"),
+    (sample_efficiency, {"pc_step_size": -0.1}, "pc-step-size must be > 0"),
 ], ids=lambda v: v.__name__.rsplit(".", 1)[-1] if hasattr(v, "__name__") else None)
 def test_bad_input_fails_before_any_run(module, options, message, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))

@@ -448,10 +448,7 @@ def command(
     progress: common.Progress = True,
 ) -> None:
     """Learning-rate regimes (lazy / catapult / divergent) of wide ReLU nets, bp vs PC."""
-    common.execute(lambda: make_config(quick=quick, algorithms=algorithms, widths=widths, cs=cs, steps=steps,
-                                       train_size=train_size, pc_steps=pc_steps, data_dir=data_dir,
-                                       seed=seed, num_seeds=num_seeds),
-                   run, out, workers=workers, ray=ray, ray_address=ray_address, progress=progress)
+    common.execute(make_config, run, **locals())
 
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str = "", cs: str = "",

@@ -51,15 +51,16 @@ def seeds(seed: int, num_seeds: int, preset: Sequence[int]) -> tuple[int, ...]:
     return tuple(range(seed, seed + (num_seeds or len(preset))))
 
 
-def execute(make_config: Callable[[], Any], run: Callable[..., list[dict]], out: Path, *, workers: int,
-            ray: bool, ray_address: str, progress: bool) -> None:
-    """What a command does: build its config, run the sweep into ``out``, print the summary.
+def execute(make_config: Callable[..., Any], run: Callable[..., list[dict]], *, out: Path, workers: int,
+            ray: bool, ray_address: str, progress: bool, **options: Any) -> None:
+    """What a command does: ``make_config(**options)``, run the sweep into ``out``, print the summary.
 
-    A :class:`ConfigError` becomes ``typer.BadParameter`` (typer prints it and exits
-    with status 2) before any run starts.
+    A command passes its ``locals()``: the run options above, and its own options,
+    which are ``make_config``'s keywords. A :class:`ConfigError` becomes
+    ``typer.BadParameter`` (typer prints it and exits with status 2) before any run.
     """
     try:
-        config = make_config()
+        config = make_config(**options)
     except ConfigError as e:
         raise typer.BadParameter(str(e)) from e
     run(config, out, workers=workers, ray=ray, ray_address=ray_address or None, progress=progress)

@@ -439,11 +439,7 @@ def command(
     progress: common.Progress = True,
 ) -> None:
     """Test error vs model size through the interpolation threshold (random features and MLPs), bp vs PC."""
-    common.execute(lambda: make_config(quick=quick, algorithms=algorithms, features=features, widths=widths,
-                                       weight_decays=weight_decays, train_size=train_size,
-                                       label_noise=label_noise, steps=steps, pc_steps=pc_steps,
-                                       data_dir=data_dir, seed=seed, num_seeds=num_seeds),
-                   run, out, workers=workers, ray=ray, ray_address=ray_address, progress=progress)
+    common.execute(make_config, run, **locals())
 
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str = "", widths: str = "",

@@ -387,10 +387,7 @@ def command(
     progress: common.Progress = True,
 ) -> None:
     """Grokking a + b mod p: steps to 99% train and validation accuracy vs weight decay, bp vs PC."""
-    common.execute(lambda: make_config(quick=quick, algorithms=algorithms, model=model, p=p, fractions=fractions,
-                                       weight_decays=weight_decays, lr=lr, steps=steps, eval_every=eval_every,
-                                       pc_steps=pc_steps, seed=seed, num_seeds=num_seeds),
-                   run, out, workers=workers, ray=ray, ray_address=ray_address, progress=progress)
+    common.execute(make_config, run, **locals())
 
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", model: str = "", p: int = 0,

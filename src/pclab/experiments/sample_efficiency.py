@@ -20,6 +20,9 @@ training-set size ``N`` (class-balanced subsets, several seeds) and each algorit
 * ``student``: the standard network trained as in ``standard`` but on the
   catapult net's outputs (its soft targets) for the same ``N`` inputs, plus
   ``unlabelled`` further training inputs whose labels are never read (0: none).
+  Its settings are fixed, not tuned: MSE on the teacher's raw outputs (no
+  temperature) at the standard learning rate; no validation split chooses them,
+  and the summary says so.
 
 Every run records test accuracy along training: the final value (the honest
 number) and the best (what Song et al. report, "minimum test error"). Anchor:
@@ -144,6 +147,8 @@ class SampleEfficiencyConfig:
                 "lr > 0; min_steps, max_steps, unlabelled, test_size, catapult_batch >= 0")
         require(self.max_steps == 0 or self.max_steps >= self.min_steps,
                 f"--max-steps {self.max_steps} is below --min-steps {self.min_steps}; raise it, or 0 for no cap")
+        require(self.pc_step_size > 0 and math.isfinite(self.pc_step_size),
+                f"--pc-step-size must be > 0; got {self.pc_step_size}")
         require(self.loss in ("mse", "ce"), f"loss must be 'mse' or 'ce'; got {self.loss!r}")
         require(self.metric in METRICS, f"metric must be one of {METRICS}; got {self.metric!r}")
         if self.anchor:
@@ -627,6 +632,7 @@ def command(
     catapult_weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay of the catapult net (-1: the preset's).")] = -1.0,
     catapult_steps: Annotated[int, typer.Option(help="Steps of the catapult net (0: the preset's).")] = 0,
     pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
+    pc_step_size: Annotated[float, typer.Option(help="PC inference step size (0: the preset's).")] = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/sample-efficiency"),
     data_dir: common.DataDir = None,
     workers: common.Workers = 2,
@@ -637,21 +643,15 @@ def command(
     progress: common.Progress = True,
 ) -> None:
     """Test accuracy vs N: standard net, wide catapult-recipe net, and its distilled student; bp vs PC."""
-    common.execute(lambda: make_config(quick=quick, preset=preset, algorithms=algorithms, sizes=sizes,
-                                       recipes=recipes, epochs=epochs, min_steps=min_steps,
-                                       max_steps=max_steps, unlabelled=unlabelled,
-                                       width_multiplier=width_multiplier, catapult_c=catapult_c,
-                                       catapult_weight_decay=catapult_weight_decay, catapult_steps=catapult_steps,
-                                       pc_steps=pc_steps, data_dir=data_dir, seed=seed, num_seeds=num_seeds),
-                   run, out, workers=workers, ray=ray, ray_address=ray_address, progress=progress)
+    common.execute(make_config, run, **locals())
 
 
 def make_config(*, quick: bool = False, preset: str = "", algorithms: str = "bp,pc", sizes: str = "",
                 recipes: str = "", epochs: int = 0, min_steps: int = -1, max_steps: int = -1,
                 unlabelled: int = -1, width_multiplier: int = 0,
                 catapult_c: float = 0.0, catapult_weight_decay: float = -1.0, catapult_steps: int = 0,
-                pc_steps: int = 0, data_dir: Path | str | None = None, seed: int = 0, num_seeds: int = 0
-                ) -> SampleEfficiencyConfig:
+                pc_steps: int = 0, pc_step_size: float = 0.0, data_dir: Path | str | None = None, seed: int = 0,
+                num_seeds: int = 0) -> SampleEfficiencyConfig:
     """The preset (``preset``, or ``quick``) with the command line's overrides, checked
     (raises :class:`ConfigError`)."""
     name = preset or ("quick" if quick else "full")
@@ -666,6 +666,6 @@ def make_config(*, quick: bool = False, preset: str = "", algorithms: str = "bp,
         unlabelled=None if unlabelled == -1 else unlabelled, width_multiplier=width_multiplier or None,
         catapult_c=catapult_c or None,
         catapult_weight_decay=None if catapult_weight_decay == -1.0 else catapult_weight_decay,
-        catapult_steps=catapult_steps or None, pc_steps=pc_steps or None)
+        catapult_steps=catapult_steps or None, pc_steps=pc_steps or None, pc_step_size=pc_step_size or None)
     config.validate(available=available)
     return config

@@ -116,3 +116,6 @@ def test_song_run_reports_minimum_test_error_next_to_the_anchor(song_run):
             f"| -0.020 | 1 | 19 | {at_end} of 2 |") in summary
     assert "| 300 | 3000 | not run | 0.182 | not run | 0.178 | - | -0.004 | - | - | - |" in summary
     assert "not run: [300, 600, 3000, 6000]" in summary
+    sign = "yes" if (err["pc"] < err["bp"]) else "no"
+    assert (f"matches Song et al.'s at {int(sign == 'yes')} of 1 sizes where they differ (60/class: {sign}); "
+            f"the measured |pc - bp| there is at most {abs(err['pc'] - err['bp']):.3f}, theirs at least 0.020.") in summary

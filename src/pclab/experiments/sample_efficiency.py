@@ -165,7 +165,7 @@ QUICK = SampleEfficiencyConfig(sizes=(100, 300), seeds=(0,), epochs=20, min_step
 # on our recipe (AdamW, batch 32, MSE; their own tuned schedule is not reproduced).
 # Dense evaluation, since the measure is a minimum over training; 4,000 steps at least
 # because at 60 per class 1,000 steps (53 epochs) left the test error still falling
-# (measured, docs/lab-results/song-anchor).
+# (measured, docs/lab-results/song-anchor-1000-steps).
 SONG = dataclasses.replace(FULL, sizes=tuple(10 * k for k in SONG_2024), recipes=("standard",),
                            min_steps=4000, eval_points=50, metric="min_test_error", anchor=True)
 PRESETS = {"full": FULL, "quick": QUICK, "song": SONG}
@@ -541,7 +541,7 @@ def _anchor(a: dict, config: SampleEfficiencyConfig) -> list[str]:
         if bp or pc:
             run.append(per_class)
         if math.isfinite(measured) and song_pc != song_bp:
-            agree.append((per_class, (measured < 0) == (song_pc < song_bp)))
+            agree.append((per_class, (measured < 0) == (song_pc < song_bp), abs(measured), abs(song_pc - song_bp)))
         ran = [v for v in (bp, pc) if v]
         seeds = max((v["seeds"] for v in ran), default=0)
         rows.append([per_class, n, _cell(bp, "min_err") if bp else "not run", song_bp,
@@ -560,8 +560,10 @@ def _anchor(a: dict, config: SampleEfficiencyConfig) -> list[str]:
              "minimum when stopped' had its lowest test error at the last evaluation: it was still improving, "
              "so its minimum is an upper bound."]
     if agree:
-        lines.append(f"The sign of pc - bp matches Song et al.'s at {sum(ok for _, ok in agree)} of {len(agree)} "
-                     f"sizes where they differ ({', '.join(f'{k}/class: ' + ('yes' if ok else 'no') for k, ok in agree)}).")
+        lines.append(f"The sign of pc - bp matches Song et al.'s at {sum(a[1] for a in agree)} of {len(agree)} "
+                     f"sizes where they differ ({', '.join(f'{a[0]}/class: ' + ('yes' if a[1] else 'no') for a in agree)}); "
+                     f"the measured |pc - bp| there is at most {max(a[2] for a in agree):.3f}, theirs at least "
+                     f"{min(a[3] for a in agree):.3f}.")
     return lines + [""]
 
 

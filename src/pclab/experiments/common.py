@@ -157,7 +157,7 @@ def group(rows: Iterable[dict], *keys: str) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r[k] for k in keys)].append(r)
-    return groups
+    return dict(groups)  # a plain dict: a missing key is an error, not a new empty group
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

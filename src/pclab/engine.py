@@ -110,10 +110,7 @@ class PredictiveCoding:
         if compile and self.algorithm.name == "incremental":
             raise ValueError("compile=True does not support algorithm 'incremental': its optimizer steps "
                              "between inference ticks split the program; use compile=False")
-        self.compiled = compile
-        # dynamic=False: each batch shape gets its own specialised program (a
-        # training run sees two, the full batches and the last one).
-        self._run = torch.compile(_own_code(self.algorithm.run), dynamic=False) if compile else self.algorithm.run
+        self._run = _compiled(self.algorithm.run) if compile else self.algorithm.run
 
     def capture(self, x: Tensor | tuple[Tensor, ...]) -> CapturedGraph:
         """The captured graph for inputs like ``x`` (traced on first use)."""
@@ -153,19 +150,7 @@ class PredictiveCoding:
                                   node="target", step=None)
         problem = Problem(graph, self.model, inputs, target, self.loss, params)
         with torch.enable_grad():
-            if self.compiled:
-                if graph.draws_random():
-                    raise ValueError(
-                        "compile=True needs a forward that draws no random numbers, but "
-                        f"{_random_origin(graph)} does in its current mode; call .eval() on "
-                        "the dropout modules or use compile=False")
-                # Dynamo leaves autograd.grad calls out of the graph unless told to trace
-                # them; the schedule's cache is a pure function, so tracing through it is safe.
-                with torch._dynamo.config.patch(trace_autograd_ops=True), warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
-                    outcome = self._run(problem, optimizer)
-            else:
-                outcome = self._run(problem, optimizer)
+            outcome = self._run(problem, optimizer)
         if outcome.grads is not None:
             raise_if_diverged(graph, outcome.trace, outcome.checksum)
             learning.accumulate(params, outcome.grads)
@@ -219,6 +204,26 @@ def learner(model: nn.Module, algorithm: str, *, loss: str | OutputLoss, steps: 
         return Backprop(model, loss=loss, compile=compile)
     return PredictiveCoding(model, loss=loss, algorithm=algorithm, steps=steps, step_size=step_size,
                             compile=compile, **options)
+
+
+def _compiled(run: Any) -> Any:
+    """``run`` (an algorithm's) through torch.compile, refusing forwards that draw random numbers."""
+    # dynamic=False: each batch shape gets its own specialised program (a training
+    # run sees two, the full batches and the last one).
+    program = torch.compile(_own_code(run), dynamic=False)
+
+    def call(problem: Problem, optimizer: torch.optim.Optimizer | None) -> Any:
+        if problem.graph.draws_random():
+            raise ValueError(
+                "compile=True needs a forward that draws no random numbers, but "
+                f"{_random_origin(problem.graph)} does in its current mode; call .eval() on "
+                "the dropout modules or use compile=False")
+        # Dynamo leaves autograd.grad calls out of the graph unless told to trace
+        # them; the schedule's cache is a pure function, so tracing through it is safe.
+        with torch._dynamo.config.patch(trace_autograd_ops=True), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+            return program(problem, optimizer)
+    return call
 
 
 def _own_code(fn: Any) -> Any:

@@ -491,6 +491,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compile:
         extra["compile"] = True
 
+    chosen = {}  # checked for every suite before any runs
+    for name in names:
+        suite = SUITES[name]
+        chosen[name] = (tuple(args.algorithms.split(",")) if args.algorithms
+                        else SMOKE["algorithms"] if args.smoke else suite.algorithms)
+        if not set(chosen[name]) <= set(suite.algorithms):
+            parser.error(f"--algorithms {args.algorithms!r}: suite {name} runs {', '.join(suite.algorithms)}")
+
     json_path = args.json if args.json is not None or args.smoke else RESULTS_DIR / "accuracy.json"
     report: dict[str, Any] = {"suites": {}, "skipped": {}}
     for name in names:
@@ -500,10 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"skipping {name}: {missing} (pass --data-root)", flush=True)
             report["skipped"][name] = missing
             continue
-        algorithms = (tuple(args.algorithms.split(",")) if args.algorithms
-                      else SMOKE["algorithms"] if args.smoke else suite.algorithms)
-        if not set(algorithms) <= set(suite.algorithms):
-            parser.error(f"--algorithms {args.algorithms!r}: suite {name} runs {', '.join(suite.algorithms)}")
+        algorithms = chosen[name]
         print(f"{name}: {', '.join(algorithms)} x {len(seeds)} seed(s)", flush=True)
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         meta = {"date": started, "machine": machine(), "command": command}

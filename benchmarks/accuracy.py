@@ -6,10 +6,15 @@ seeds, and reports the last epoch's test accuracy. Every hyperparameter comes fr
 the one table :data:`SUITES` below and is written into the results, with the
 resolved :class:`~pclab.training.TrainConfig` of every run.
 
-``--tune`` picks the learning rate of each algorithm from :data:`LR_GRID` by the
+``--tune`` picks each algorithm's hyperparameters from :func:`tuning_grid` by the
 accuracy on a validation split carved from the training set
-(:func:`pclab.data.validation_split`, seed 0), never on the test set; every
-algorithm gets the same grid, epochs and seed, so the same budget.
+(:func:`pclab.data.validation_split`, seed 0), never on the test set: the
+learning rate from :data:`LR_GRID` for every algorithm and, for those with an
+inference step size, that too from :data:`STEP_SIZE_FACTORS` times its default
+(PC's step size decides how far inference settles, which is the difference
+between approximating backprop and prospective configuration, so leaving it at
+its default would tune pc less than bp). Every grid point gets the same epochs
+and seed; every knob the same three values.
 
 Datasets resolve to ``<repo>/../shared/datasets/<folder>`` (``--data-root``
 overrides the parent folder); a suite whose files are absent is skipped with a note.
@@ -44,6 +49,7 @@ from typing import Any, Callable
 import torch
 
 from pclab import data as data_lib
+from pclab.engine import make_algorithm
 from pclab.training import RunDiverged, TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +61,7 @@ RESULTS_MD = HERE / "RESULTS.md"
 
 ALGORITHMS = ("bp", "exact", "fpa", "pc", "incremental")
 LR_GRID = (3e-4, 1e-3, 3e-3)
+STEP_SIZE_FACTORS = (0.1, 0.3, 1.0)  # times the algorithm's default inference step size
 VALIDATION_FRACTION = 0.1
 _IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -152,17 +159,29 @@ def _run_one(config: TrainConfig, dataset: data_lib.Dataset) -> dict[str, Any]:
             "seconds_per_epoch": result.seconds_per_epoch, "wall_s": time.perf_counter() - tick}
 
 
+def tuning_grid(algorithm: str) -> list[dict[str, float]]:
+    """The settings ``--tune`` tries for ``algorithm``: lr, and the step size where it has one."""
+    if algorithm in ("bp", "exact"):  # exact's one sweep has step size 1 by definition
+        return [{"lr": lr} for lr in LR_GRID]
+    default = make_algorithm(algorithm, 1, None).step_size
+    return [{"lr": lr, "step_size": round(default * f, 12)} for lr in LR_GRID for f in STEP_SIZE_FACTORS]
+
+
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
           data_dir: Path | None, val: data_lib.Dataset, log) -> dict[str, Any]:
-    """Learning rate with the best validation accuracy (ties: the smaller rate); seed 0."""
-    scores = {}
-    for lr in LR_GRID:
-        config = _config(suite, algorithm, variant, {**extra, "lr": lr, "seed": 0}, data_dir)
-        acc = _run_one(config, val)["test_accuracy"]
-        scores[lr] = acc
-        log(f"  tune {algorithm} lr {lr:g}: validation accuracy {_fmt(acc)}")
-    best = max(LR_GRID, key=lambda lr: (scores[lr] if scores[lr] is not None else -1.0, -lr))
-    return {"grid": list(LR_GRID), "validation_accuracy": [scores[lr] for lr in LR_GRID], "lr": best}
+    """The grid point with the best validation accuracy (ties: the first in grid order); seed 0."""
+    grid = tuning_grid(algorithm)
+    scores = []
+    for point in grid:
+        config = _config(suite, algorithm, variant, {**extra, **point, "seed": 0}, data_dir)
+        scores.append(_run_one(config, val)["test_accuracy"])
+        log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(scores[-1])}")
+    best = max(range(len(grid)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))
+    return {"grid": grid, "validation_accuracy": scores, "chosen": grid[best]}
+
+
+def _point(point: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in point.items())
 
 
 def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[str, ...],
@@ -199,7 +218,7 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
             chosen = dict(extra)
             if tune:
                 tuning[f"{label}/{algorithm}"] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log)
-                chosen["lr"] = t["lr"]
+                chosen.update(t["chosen"])
             hyper[f"{label}/{algorithm}"] = _config(suite, algorithm, variant, chosen, data_dir).to_dict()
             for seed in seeds:
                 config = _config(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir)
@@ -383,12 +402,13 @@ def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]
         f"- **incomplete**: {len(entry['runs'])} of "
         f"{len(entry['table_entry']['variants']) * len(entry['algorithms']) * len(entry['seeds'])} runs "
         f"finished; rerun the command to complete it"]
-    lines = [f"## Accuracy: `{name}`, learning rate {'tuned' if entry['tuned'] else 'fixed'}", "", *status,
+    lines = [f"## Accuracy: `{name}`, {'tuned on validation' if entry['tuned'] else 'fixed hyperparameters'}",
+             "", *status,
              f"- {entry['note']}; {entry['train_examples']} train / {entry['test_examples']} test examples, "
              f"seeds {', '.join(map(str, entry['seeds']))}",
              *_provenance(entry),
              f"- settings: {shown}" + (f"; per algorithm: {', '.join(sorted(varying))}" if varying else ""),
-             f"- learning rate: {'tuned per algorithm on a validation split' if entry['tuned'] else 'fixed'}",
+             *_tuning_lines(entry),
              f"- source: `benchmarks/results/{source}` (every run, full config per algorithm)", "",
              "| model | algorithm | final test accuracy (mean ± std) | per seed | final test loss (mean) "
              "| runs | s/epoch |",
@@ -404,6 +424,17 @@ def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]
               "deviation over seeds. s/epoch is the mean training time of an epoch as the machine was loaded "
               "during the run (shared machines vary); `speed.json` is the controlled timing.", ""]
     return lines
+
+
+def _tuning_lines(entry: dict[str, Any]) -> list[str]:
+    if not entry["tuned"]:
+        return ["- hyperparameters: fixed (the table's, no tuning)"]
+    split = entry["validation_split"]
+    return [f"- tuned per algorithm on a validation split of the training set ({split['train']} train / "
+            f"{split['validation']} validation, seed {split['seed']}); the test set was not looked at:",
+            *(f"  - {key}: chose {_point(t['chosen'])} from {len(t['grid'])} settings "
+              f"(validation accuracy {', '.join(f'{_point(p)}: {_fmt(a)}' for p, a in zip(t['grid'], t['validation_accuracy']))})"
+              for key, t in entry["tuning"].items())]
 
 
 def _render_speed(report: dict[str, Any]) -> list[str]:
@@ -453,7 +484,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true",
                         help="compile=True for every algorithm with a compiled path (same numbers, faster)")
     parser.add_argument("--tune", action="store_true",
-                        help=f"pick lr per algorithm from {LR_GRID} on a validation split of train")
+                        help=f"pick lr per algorithm from {LR_GRID} (and the inference step size from "
+                             f"{STEP_SIZE_FACTORS} x its default) on a validation split of train")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help=f"default: {DATA_ROOT}")
     parser.add_argument("--json", type=Path, default=None,
                         help="results file, merged per suite (default: benchmarks/results/accuracy.json; "

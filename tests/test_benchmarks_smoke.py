@@ -112,16 +112,19 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     assert "**incomplete**: 2 of 4 runs finished" in out.read_text()
 
 
-def test_tune_picks_each_learning_rate_from_the_grid_on_validation(accuracy):
+def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accuracy):
     report = accuracy.main(["--smoke", "--tune"])
     entry = report["suites"]["digits-mlp"]
     split = entry["validation_split"]
     assert split["train"] + split["validation"] == entry["train_examples"]
-    for algorithm in ("bp", "pc"):
+    # bp has one knob, so 3 settings; pc's inference step size is a second knob: 3 x 3.
+    for algorithm, size in (("bp", 3), ("pc", 9)):
         tuning = entry["tuning"][f"mlp 64-128-128-10/{algorithm}"]
-        assert tuning["grid"] == list(accuracy.LR_GRID) and len(tuning["validation_accuracy"]) == 3
-        assert tuning["lr"] in accuracy.LR_GRID
-        assert entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]["lr"] == tuning["lr"]
+        assert tuning["grid"] == accuracy.tuning_grid(algorithm) and len(tuning["grid"]) == size
+        assert len(tuning["validation_accuracy"]) == size and tuning["chosen"] in tuning["grid"]
+        used = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]
+        assert all(used[k] == v for k, v in tuning["chosen"].items())
+    assert {p["step_size"] for p in accuracy.tuning_grid("pc")} == {0.01, 0.03, 0.1}
 
 
 def test_a_suite_split_over_invocations_keeps_every_algorithms_runs(accuracy, tmp_path):

@@ -138,14 +138,34 @@ def test_model_returning_a_tuple_is_refused():
         pclab.PredictiveCoding(Pair(), loss="ce", algorithm="fpa").step(torch.randn(2, 4), torch.tensor([0, 1]))
 
 
-def test_non_finite_input_raises_and_writes_no_gradient():
+@pytest.mark.parametrize("algorithm", ["exact", "fpa", "pc", "incremental"])
+def test_a_non_finite_batch_is_named_and_changes_no_weight(algorithm):
     model, x, y = make(GRAPHS[0], torch.float32)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pc = pclab.PredictiveCoding(model, loss="mse", algorithm=algorithm, steps=3)
     bad = x[0].clone()
     bad[2, 3] = float("nan")
-    with pytest.raises(pclab.DivergenceError) as info:
-        pclab.PredictiveCoding(model, loss="ce", algorithm="fpa").step(bad, y)
+    with pytest.raises(pclab.DivergenceError, match="input 0 contains NaN") as info:
+        pc.step(bad, y, optimizer=opt)
     assert info.value.node == "input"
+    target = torch.nn.functional.one_hot(y, GRAPHS[0].classes).float()
+    target[1, 0] = float("inf")
+    with pytest.raises(pclab.DivergenceError, match="target contains NaN or inf") as info:
+        pc.step(x[0], target, optimizer=opt)
+    assert info.value.node == "target"
     assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_a_non_finite_batch_leaves_batch_norm_statistics_alone():
+    model, x, y = make(GRAPHS[3], torch.float32)  # batch norm in training mode
+    stats = [b.clone() for b in model.buffers()]
+    bad = x[0].clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(pclab.DivergenceError, match="input 0"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="pc").step(bad, y)
+    assert stats and all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
 
 
 @pytest.mark.parametrize("algorithm,step_size", [("fpa", 3.5), ("pc", 40.0)])

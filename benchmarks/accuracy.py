@@ -363,9 +363,10 @@ def render(results_dir: Path, peers_dir: Path | None = None) -> str:
     speed = results_dir / "speed.json"
     if speed.is_file():
         lines += _render_speed(json.loads(speed.read_text()))
-    pcx = peers_dir / "compare_pcx.json" if peers_dir is not None else None
-    if pcx is not None and pcx.is_file():
-        lines += _render_pcx(json.loads(pcx.read_text()))
+    # compare_pcx.json: unpinned; compare_pcx_cores<N>.json: both libraries on the same N cores.
+    for pcx in sorted(peers_dir.glob("compare_pcx*.json")) if peers_dir is not None else []:
+        if not pcx.stem.endswith("_smoke"):
+            lines += _render_pcx(json.loads(pcx.read_text()), pcx.name)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -459,11 +460,15 @@ def _render_speed(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _render_pcx(report: dict[str, Any]) -> list[str]:
-    lines = ["## PCX (JAX) against pclab: PC MLP on Fashion-MNIST", "",
+def _render_pcx(report: dict[str, Any], source: str) -> list[str]:
+    cores = report.get("cores")
+    lines = ["## PCX (JAX) against pclab: PC MLP on Fashion-MNIST"
+             + (f", both on {cores} core{'s' if cores > 1 else ''}" if cores else ""), "",
              f"- date (UTC): {report['date_utc']}; machine: {_machine_line(report['machine'])}",
              f"- command: `{report['command']}`",
-             "- source: `benchmarks/peers/results/compare_pcx.json`", "",
+             f"- cores: {f'both pinned to cores 0-{cores - 1} (CPU affinity)' if cores else 'unpinned: XLA uses every core, pclab its torch threads'}; "
+             f"pclab torch threads: {report['versions']['torch_threads']}",
+             f"- source: `benchmarks/peers/results/{source}`", "",
              "| | PCX (JAX) | pclab (torch) |", "| --- | --- | --- |"]
     lines += [f"| {k.strip()} | {a} | {b} |" for k, a, b in report["table"]]
     lines.append("")

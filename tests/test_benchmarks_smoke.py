@@ -88,8 +88,11 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     (results / "speed.json").write_text(json.dumps(speed))
     pcx = {"date_utc": "2000-01-03T00:00:00+00:00", "command": "python compare_pcx.py --fabricated",
            "machine": {"cpu_model": "Fabricated CPU 9000", "nproc": 7},
-           "table": [["steps/s", "123.4", "567.8"]]}
+           "versions": {"torch_threads": 3}, "table": [["steps/s", "123.4", "567.8"]]}
     (peers / "compare_pcx.json").write_text(json.dumps(pcx))
+    pinned = {**pcx, "cores": 1, "versions": {"torch_threads": 1}, "table": [["steps/s", "11.1", "22.2"]]}
+    (peers / "compare_pcx_cores1.json").write_text(json.dumps(pinned))
+    (peers / "compare_pcx_smoke.json").write_text(json.dumps({**pcx, "table": [["steps/s", "smoke", "smoke"]]}))
     out = tmp_path / "RESULTS.md"
 
     accuracy.main(["--render", "--results-dir", str(results), "--peers-dir", str(peers), "--out", str(out)])
@@ -100,6 +103,9 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     for fact in ("Fabricated CPU 9000, 7 cores", "--fabricated", "2000-01-02T03:04:05+00:00",
                  "| 1.23 | 4.32 | 1.10 |", "| steps/s | 123.4 | 567.8 |", "2000-01-03"):
         assert fact in text
+    # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.
+    assert "| steps/s | 11.1 | 22.2 |" in text and "both on 1 core\n" in text
+    assert "both pinned to cores 0-0" in text and "smoke" not in text
     # Suites without results are listed with the command that produces them.
     assert "`python benchmarks/accuracy.py --suites fmnist-depth`" in text
     assert "`python benchmarks/accuracy.py --suites digits-mlp`" not in text

@@ -139,3 +139,13 @@ def test_compare_says_how_to_make_the_missing_pcx_venv(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"bash benchmarks/peers/setup_pcx\.sh"):
         compare.main(["--smoke", "--out-dir", str(tmp_path)])
     assert not list(tmp_path.glob("compare_pcx*"))
+
+
+@pytest.mark.parametrize("cores", ["0", "99999"])
+def test_compare_refuses_a_core_count_this_process_cannot_use(cores):
+    spec = importlib.util.spec_from_file_location("compare_pcx", SCRIPT.with_name("compare_pcx.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--cores", cores])
+    assert compare.parse_args(["--cores", "1"]).pclab_threads == 1  # pclab gets the same one core

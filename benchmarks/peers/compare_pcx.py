@@ -15,6 +15,11 @@ examples in seconds and writes ``results/compare_pcx_smoke.{json,md}`` instead.
 
     python benchmarks/peers/compare_pcx.py                  # ~3 rounds x 2 x 500 steps + 2 x 5 epochs
     python benchmarks/peers/compare_pcx.py --smoke
+    python benchmarks/peers/compare_pcx.py --cores 1 --pclab-compile   # both on one core: results/compare_pcx_cores1.*
+
+Unpinned, XLA spreads its work over every core while pclab uses its torch thread
+count, so the two may not get the same compute; ``--cores N`` pins both to the same
+N cores.
 """
 
 from __future__ import annotations
@@ -57,12 +62,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pclab-threads", type=int, default=None,
                    help="pclab_mlp.py --threads (default: torch's own default)")
     p.add_argument("--pclab-compile", action="store_true", help="pclab_mlp.py --compile (torch.compile path)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="run both libraries on the same N cores (CPU affinity, cores 0..N-1) and pclab with "
+                        "N torch threads unless --pclab-threads says otherwise: XLA sizes its thread pool "
+                        "from the cores it may use, so this gives both the same compute")
     p.add_argument("--out-dir", default=str(HERE / "results"), help="where the .json and .md go")
     a = p.parse_args(argv)
     if a.rounds is None:
         a.rounds = 1 if a.smoke else 3
     if a.rounds < 1:
         p.error("--rounds must be at least 1")
+    if a.cores is not None:
+        available = len(os.sched_getaffinity(0))
+        if not 1 <= a.cores <= available:
+            p.error(f"--cores must be between 1 and the {available} cores this process may use; got {a.cores}")
+        if a.pclab_threads is None:
+            a.pclab_threads = a.cores
     return a
 
 
@@ -84,7 +99,9 @@ def _run(lib: str, flags: list[str], label: str, tmp: Path, args: argparse.Names
     cmd = _command(lib, flags, json_out, args)
     print(f"\n=== {label}: {shlex.join(_relative(cmd))}", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cores = None if args.cores is None else set(range(args.cores))
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
     assert proc.stdout is not None
     tail = []
     for line in proc.stdout:
@@ -195,6 +212,7 @@ def markdown(rows, meta: dict, summary: dict) -> str:
         f"{' / '.join(f'{x:.2f}' for x in m['loadavg_1_5_15'])}",
         f"- versions: pcx {v['pcx']} / jax {v['jax']}; pclab {v['pclab']} ({v['pclab_git']}) / "
         f"torch {v['torch']} ({v['torch_threads']} threads)",
+        f"- cores: {'both on cores 0-' + str(meta['cores'] - 1) + ' (CPU affinity)' if meta.get('cores') else 'unpinned (XLA uses every core; pclab its thread count)'}",
         f"- command (from the repository root): `{meta['command']}`",
         f"- order: {', '.join(meta['order'])}",
         "",
@@ -247,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         "smoke": args.smoke,
         "order": order,
         "machine": machine_before,
+        "cores": args.cores,
         "loadavg_after": list(os.getloadavg()),
         "versions": {"pcx": pcx_v.get("pcx"), "jax": pcx_v.get("jax"), "pclab": pclab_r["versions"]["pclab"],
                      "pclab_git": pclab_r["versions"]["pclab_git"], "torch": pclab_r["versions"]["torch"],
@@ -262,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "compare_pcx_smoke" if args.smoke else "compare_pcx"
+    stem = "compare_pcx" + (f"_cores{args.cores}" if args.cores else "") + ("_smoke" if args.smoke else "")
     report = {**meta, "summary": summary, "table": [list(r) for r in rows],
               "runs": {"timing": timing, "accuracy": accuracy}}
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

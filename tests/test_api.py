@@ -182,10 +182,20 @@ def test_divergence_during_inference_names_node_and_step(algorithm, step_size):
 
 def test_incremental_divergence_stops_before_the_optimizer_steps():
     model, x, y = make(GRAPHS[0], torch.float32)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    with pytest.raises(pclab.DivergenceError):
-        pclab.PredictiveCoding(model, loss="mse", algorithm="incremental", steps=400,
-                               step_size=40.0).step(x, y, optimizer=opt)
+    ticks = []
+
+    class Counting(torch.optim.SGD):
+        def step(self, closure=None):
+            ticks.append(all(torch.isfinite(p.grad).all() for p in model.parameters()))
+            return super().step(closure)
+
+    opt = Counting(model.parameters(), lr=0.0)
+    pc = pclab.PredictiveCoding(model, loss="mse", algorithm="incremental", steps=400, step_size=40.0)
+    with pytest.raises(pclab.DivergenceError) as info:
+        pc.step(x, y, optimizer=opt)
+    # Every tick before the divergent one stepped on finite gradients; that one did not step.
+    assert 0 < info.value.step < 400 and len(ticks) == info.value.step and all(ticks)
+    assert f"step {info.value.step}" in str(info.value) and f"{info.value.node!r}" in str(info.value)
 
 
 @pytest.mark.parametrize("loss,target,match", [

@@ -310,8 +310,10 @@ class Incremental:
                 fb, grads = list(d[:n]), list(d[n:])
                 del d
                 torch._foreach_mul_(grads, -1.0 / B)  # in place: no second copy of the gradients
-                energies = trace.tensor(B)
-                raise_if_diverged(g, energies, checksum(energies, grads))
+                # Earlier ticks passed this check, so only this tick's energies need summing.
+                tick = checksum(trace.latest_sum(), grads)
+                if not bool(torch.isfinite(tick)):
+                    raise_if_diverged(g, trace.tensor(B), tick)
                 learning.assign(problem.params, grads)
                 optimizer.step()
                 values = _leaves(inference.value_update([v.detach() for v in values], errors, fb,

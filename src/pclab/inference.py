@@ -121,6 +121,10 @@ class EnergyTrace:
         self._norms.append(_norms(errors) if errors else loss_sum.new_zeros(0))
         self._losses.append(loss_sum.detach())
 
+    def latest_sum(self) -> Tensor:
+        """Sum of the last evaluation's error norms and loss: finite exactly when its energies are."""
+        return self._norms[-1].sum() + self._losses[-1]
+
     def tensor(self, batch_size: int) -> Tensor:
         """Shape ``(evaluations, nodes + 1)``: ``0.5 |e_i|^2`` per node, then the loss; batch means."""
         norms = torch.stack(self._norms)

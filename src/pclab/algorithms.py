@@ -78,7 +78,8 @@ class Algorithm(Protocol):
 
 def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
     """One scalar that is finite when the energies and gradients are: NaN and inf survive
-    a sum, and energies are finite exactly when errors and the loss are."""
+    a sum, and energies are finite exactly when errors and the loss are. (A norm would
+    square huge but finite gradients into inf.)"""
     total = trace.sum()
     for g in grads:
         total = total + g.sum()
@@ -130,10 +131,11 @@ class Exact:
         g, B = problem.graph, problem.batch_size
         out, *values = g.forward_with_values(*problem.inputs)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
-        grads = torch.autograd.grad(loss_sum, [*values, *problem.params], materialize_grads=True)
-        errors = torch._foreach_neg(grads[:len(values)]) if values else []
+        # Differentiating the batch mean gives the weights their update directly; the
+        # (smaller) activations are scaled back to per-example errors instead.
+        grads = torch.autograd.grad(loss_sum / B, [*values, *problem.params], materialize_grads=True)
+        errors = torch._foreach_mul(grads[:len(values)], -float(B)) if values else []
         weight_grads = list(grads[len(values):])
-        torch._foreach_div_(weight_grads, B)
         trace = inference.EnergyTrace()
         trace.record([e.new_zeros(()) for e in errors], loss_sum)
         trace.record(errors, loss_sum)

@@ -154,13 +154,13 @@ class PredictiveCoding:
         if outcome.grads is not None:
             raise_if_diverged(graph, outcome.trace, outcome.checksum)
             learning.accumulate(params, outcome.grads)
-        final = outcome.trace[-1].tolist()
+        rows = outcome.trace.tolist()  # one transfer for the whole trace
         return StepResult(
             loss=float(outcome.loss_sum) / batch,
-            energy=float(sum(final)),
+            energy=float(sum(rows[-1])),
             output=outcome.output,
-            energies=dict(zip([*graph.names, OUTPUT], final)),
-            energy_trace=outcome.trace.sum(1).tolist(),
+            energies=dict(zip([*graph.names, OUTPUT], rows[-1])),
+            energy_trace=[sum(row) for row in rows],
             errors={n: e.detach() for n, e in zip(graph.names, outcome.errors)},
         )
 

@@ -230,3 +230,22 @@ def test_incremental_without_optimizer_says_how_to_call_it():
     model, x, y = make(GRAPHS[0], torch.float32)
     with pytest.raises(ValueError, match="optimizer=opt"):
         pclab.PredictiveCoding(model, loss="ce", algorithm="incremental").step(x, y)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("algorithm", ["exact", "fpa", "pc", "incremental"])
+def test_a_linear_readout_has_no_hidden_node_and_learns_by_the_delta_rule(algorithm, loss):
+    # With no value node there is nothing to infer: every rule is the output error times
+    # the input, which is autograd's gradient of the batch-mean loss.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    model.zero_grad()
+    out = model(x)
+    want = F.cross_entropy(out, y) if loss == "ce" else 0.5 * (out - F.one_hot(y, 3)).pow(2).sum() / 5
+    want = torch.autograd.grad(want, list(model.parameters()))
+    pc = pclab.PredictiveCoding(model, loss=loss, algorithm=algorithm, steps=3)
+    assert pc.capture(x).names == ()
+    pc.step(x, y, optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
+    for p, g in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, g)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -134,7 +134,7 @@ class Exact:
         # Differentiating the batch mean gives the weights their update directly; the
         # (smaller) activations are scaled back to per-example errors instead.
         grads = torch.autograd.grad(loss_sum / B, [*values, *problem.params], materialize_grads=True)
-        errors = torch._foreach_mul(grads[:len(values)], -float(B)) if values else []
+        errors = _scaled(grads[:len(values)], -float(B))
         weight_grads = list(grads[len(values):])
         trace = inference.EnergyTrace()
         trace.record([e.new_zeros(()) for e in errors], loss_sum)
@@ -201,6 +201,10 @@ def _evaluate_moving(problem: Problem, values: list[Tensor], replay: Replay, fix
 
 def _errors(values: list[Tensor], mus: list[Tensor]) -> list[Tensor]:
     return torch._foreach_sub([v.detach() for v in values], [m.detach() for m in mus]) if values else []
+
+
+def _scaled(tensors: Sequence[Tensor], factor: float) -> list[Tensor]:
+    return torch._foreach_mul(list(tensors), factor) if tensors else []
 
 
 def _leaves(tensors: list[Tensor]) -> list[Tensor]:
@@ -306,12 +310,14 @@ class Incremental:
                 n = len(values)
                 for p in problem.params:  # last tick's gradient is spent: free it before the next
                     p.grad = None
-                # One VJP for both: with these weights it yields -dF/dv and -dF/dtheta.
+                # One VJP for both, of the batch-mean energy: the weights get dF/dtheta as
+                # is, and only the (usually smaller) value gradients are rescaled into
+                # each example's feedback -dF/dv.
                 d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
-                                        [-torch.ones_like(loss_sum), *errors], materialize_grads=True)
-                fb, grads = list(d[:n]), list(d[n:])
+                                        [torch.full_like(loss_sum, 1.0 / B), *_scaled(errors, -1.0 / B)],
+                                        materialize_grads=True)
+                fb, grads = _scaled(d[:n], -float(B)), list(d[n:])
                 del d
-                torch._foreach_mul_(grads, -1.0 / B)  # in place: no second copy of the gradients
                 # Earlier ticks passed this check, so only this tick's energies need summing.
                 tick = checksum(trace.latest_sum(), grads)
                 if not bool(torch.isfinite(tick)):

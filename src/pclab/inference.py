@@ -39,6 +39,8 @@ def fpa_error_update(errors: Sequence[Tensor], feedback: Sequence[Tensor], step_
     new tensors: feedback may be a view of a child's error (a reshape's VJP is a
     view), so updating errors in place would corrupt it.
     """
+    if not errors:  # a model with no hidden value node (a linear readout)
+        return []
     return torch._foreach_lerp(list(errors), list(feedback), step_size)
 
 
@@ -49,6 +51,8 @@ def value_update(values: Sequence[Tensor], errors: Sequence[Tensor], feedback: S
     ``feedback`` here already carries the output's loss gradient (with a minus sign),
     so ``-e_i + feedback_i = -dF/dv_i`` for the per-example energy ``F``.
     """
+    if not values:
+        return []
     step = torch._foreach_sub(feedback, errors)
     return torch._foreach_add(values, step, alpha=step_size)
 
@@ -62,7 +66,7 @@ def feedback(sent: Sequence[Tensor], errors_sent: Sequence[Tensor], receivers: S
     gets zero.
     """
     sent, errors_sent = connected(sent, errors_sent)
-    if not sent:
+    if not sent or not receivers:
         return [torch.zeros_like(r) for r in receivers]
     grads = torch.autograd.grad(sent, list(receivers), errors_sent,
                                 retain_graph=retain_graph, allow_unused=True)

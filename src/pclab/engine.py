@@ -145,7 +145,7 @@ class PredictiveCoding:
         batch = _batch_size(inputs)
         like = torch.empty((batch, *graph.output_shape), dtype=graph.output_dtype, device="meta")
         target = self.loss.prepare(like, y)
-        if target.is_floating_point() and not _all_finite(target):
+        if y.is_floating_point() and not _all_finite(target):  # targets built from class indices are finite
             raise DivergenceError("target contains NaN or inf; no inference was run",
                                   node="target", step=None)
         problem = Problem(graph, self.model, inputs, target, self.loss, params)

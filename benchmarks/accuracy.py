@@ -360,9 +360,9 @@ def render(results_dir: Path, peers_dir: Path | None = None) -> str:
     else:
         lines.append("None.")
     lines.append("")
-    speed = results_dir / "speed.json"
-    if speed.is_file():
-        lines += _render_speed(json.loads(speed.read_text()))
+    # speed.json: the full table; speed-<name>.json: later re-measurements of a subset (--models).
+    for speed in sorted(results_dir.glob("speed*.json")):
+        lines += _render_speed(json.loads(speed.read_text()), speed.name)
     # compare_pcx.json: unpinned; compare_pcx_cores<N>.json: both libraries on the same N cores.
     for pcx in sorted(peers_dir.glob("compare_pcx*.json")) if peers_dir is not None else []:
         if not pcx.stem.endswith("_smoke"):
@@ -438,11 +438,13 @@ def _tuning_lines(entry: dict[str, Any]) -> list[str]:
               for key, t in entry["tuning"].items())]
 
 
-def _render_speed(report: dict[str, Any]) -> list[str]:
-    lines = ["## Speed: one training step against backprop", "",
+def _render_speed(report: dict[str, Any], source: str) -> list[str]:
+    models = sorted({r["model"] for r in report["rows"]})
+    lines = ["## Speed: one training step against backprop" + ("" if source == "speed.json" else
+                                                            f" ({', '.join(models)}, re-measured)"), "",
              f"- date: {report['date']}; machine: {_machine_line(report['machine'])}",
              f"- command: `python benchmarks/{report['command']}`, batch {report['batch']}",
-             "- source: `benchmarks/results/speed.json`", "",
+             f"- source: `benchmarks/results/{source}`", "",
              "| model | algorithm | T | compiled | ms/step | × bp | × budget | budget | peak memory × bp "
              "| × eager bp |",
              "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |"]

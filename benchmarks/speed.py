@@ -21,6 +21,7 @@ median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use byte
 sampled after every aten op, backward included) during a step.
 
     python benchmarks/speed.py                 # full table, writes benchmarks/results/speed.json
+    python benchmarks/speed.py --models "mlp 784-128-128-10" --json benchmarks/results/speed-mlp.json  # a subset, rendered beside it
     python benchmarks/speed.py --smoke         # seconds: what the test suite runs
 """
 

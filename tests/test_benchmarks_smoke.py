@@ -86,6 +86,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
              "batch": 64, "rows": [{"model": "mlp", "algorithm": "fpa", "T": 8, "ms_per_step": 1.2345,
                                     "vs_bp": 4.321, "budget": "fwd + T bwd", "vs_budget": 1.0987}]}
     (results / "speed.json").write_text(json.dumps(speed))
+    again = {**speed, "rows": [{**speed["rows"][0], "model": "mlp", "vs_budget": 0.5}]}
+    (results / "speed-mlp.json").write_text(json.dumps(again))
     pcx = {"date_utc": "2000-01-03T00:00:00+00:00", "command": "python compare_pcx.py --fabricated",
            "machine": {"cpu_model": "Fabricated CPU 9000", "nproc": 7},
            "versions": {"torch_threads": 3}, "table": [["steps/s", "123.4", "567.8"]]}
@@ -103,6 +105,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     for fact in ("Fabricated CPU 9000, 7 cores", "--fabricated", "2000-01-02T03:04:05+00:00",
                  "| 1.23 | 4.32 | 1.10 |", "| steps/s | 123.4 | 567.8 |", "2000-01-03"):
         assert fact in text
+    # A re-measured subset of speed.py's models gets its own section next to the full table.
+    assert "(mlp, re-measured)" in text and "| 1.23 | 4.32 | 0.50 |" in text
     # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.
     assert "| steps/s | 11.1 | 22.2 |" in text and "both on 1 core\n" in text
     assert "both pinned to cores 0-0" in text and "smoke" not in text

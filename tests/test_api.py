@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ ALGORITHMS = ["exact", "fpa", "pc"]
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("training", [True, False])
+# pc's default step overshoots this net in eval mode (and says so); the test is about state, not gradients.
+@pytest.mark.filterwarnings("ignore:inference raised the energy:RuntimeWarning")
 def test_step_leaves_weights_mode_buffers_and_rng_as_one_forward_would(algorithm, training):
     torch.manual_seed(0)
     model = Norms().double().train(training)
@@ -249,3 +252,13 @@ def test_a_linear_readout_has_no_hidden_node_and_learns_by_the_delta_rule(algori
     pc.step(x, y, optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
     for p, g in zip(model.parameters(), want):
         torch.testing.assert_close(p.grad, g)
+
+
+def test_pc_warns_when_its_step_size_makes_inference_raise_the_energy():
+    model, x, y = make(GRAPHS[2], torch.float32)  # residual: large energy curvature
+    with pytest.warns(RuntimeWarning, match=r"raised the energy.*step_size 2.5 is too large.*e\.g\. 0\.25"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=5, step_size=2.5).step(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=5, step_size=0.1).step(x, y)
+    assert result.energy_trace[-1] < result.energy_trace[0]

@@ -71,6 +71,13 @@ class Outcome:
 
 
 class Algorithm(Protocol):
+    """``run`` does inference (and, for incremental PC, learning) on one problem.
+
+    An algorithm whose inference is gradient descent on the energy sets the class
+    attribute ``descends_energy = True``; the engine then warns when a step ends with
+    more energy than it started with (a step size above the stable range).
+    """
+
     name: ClassVar[str]
 
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None) -> Outcome: ...
@@ -226,6 +233,7 @@ class PC:
     steps: int = 20
     step_size: float = 0.1
     name: ClassVar[str] = "pc"
+    descends_energy: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_steps(self.steps, self.step_size)

@@ -155,6 +155,8 @@ class PredictiveCoding:
             raise_if_diverged(graph, outcome.trace, outcome.checksum)
             learning.accumulate(params, outcome.grads)
         rows = outcome.trace.tolist()  # one transfer for the whole trace
+        if getattr(self.algorithm, "descends_energy", False):
+            _warn_if_energy_rose(sum(rows[0]), sum(rows[-1]), self.algorithm)
         return StepResult(
             loss=float(outcome.loss_sum) / batch,
             energy=float(sum(rows[-1])),
@@ -236,6 +238,17 @@ def _own_code(fn: Any) -> Any:
     f = getattr(fn, "__func__", fn)
     own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
     return types.MethodType(own, fn.__self__) if hasattr(fn, "__func__") else own
+
+
+def _warn_if_energy_rose(start: float, end: float, algorithm: Any) -> None:
+    # Descent on the energy cannot end above its start unless the step overshoots
+    # the energy's curvature (2 / largest eigenvalue; residual chains have large
+    # ones). The gradients are then not the rule's, so say so instead of training on.
+    if end > start * (1 + 1e-3):
+        warnings.warn(
+            f"inference raised the energy from {start:.4g} to {end:.4g}: step_size "
+            f"{algorithm.step_size:g} is too large for this model, so these are not {algorithm.name}'s "
+            f"gradients. Lower step_size (e.g. {algorithm.step_size / 10:g}).", RuntimeWarning, stacklevel=3)
 
 
 def _random_origin(graph: CapturedGraph) -> str:

@@ -525,8 +525,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown suite {unknown[0]!r}; valid suites: {', '.join(SUITES)}")
     if args.epochs is not None:
         extra["epochs"] = args.epochs
-    if args.threads is not None:
-        extra["threads"] = args.threads
+    if args.threads is not None and args.threads != TrainConfig.threads:
+        extra["threads"] = args.threads  # the default left out, so runs with and without the flag merge
     if args.compile:
         extra["compile"] = True
 

@@ -140,14 +140,16 @@ def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accurac
 def test_a_suite_split_over_invocations_keeps_every_algorithms_runs(accuracy, tmp_path):
     out = tmp_path / "accuracy.json"
     accuracy.main(["--smoke", "--algorithms", "bp", "--json", str(out)])
-    accuracy.main(["--smoke", "--algorithms", "pc", "--json", str(out)])
+    # --threads 1 is the default: saying it does not make a different suite.
+    accuracy.main(["--smoke", "--algorithms", "pc", "--threads", "1", "--json", str(out)])
     entry = json.loads(out.read_text())["suites"]["digits-mlp"]
     assert entry["algorithms"] == ["bp", "pc"] and entry["complete"] is True
     assert [r["algorithm"] for r in entry["runs"]] == ["bp", "pc"]
     assert [p["algorithms"] for p in entry["parts"]] == [["bp"], ["pc"]]
     assert {row["algorithm"] for row in entry["summary"]} == {"bp", "pc"}
     # rerunning one algorithm replaces its runs, not the other's
-    accuracy.main(["--smoke", "--algorithms", "pc", "--json", str(out)])
+    # --threads 1 is the default: saying it does not make a different suite.
+    accuracy.main(["--smoke", "--algorithms", "pc", "--threads", "1", "--json", str(out)])
     entry = json.loads(out.read_text())["suites"]["digits-mlp"]
     assert [r["algorithm"] for r in entry["runs"]] == ["bp", "pc"] and len(entry["parts"]) == 2
 

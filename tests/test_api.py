@@ -256,8 +256,12 @@ def test_a_linear_readout_has_no_hidden_node_and_learns_by_the_delta_rule(algori
 
 def test_pc_warns_when_its_step_size_makes_inference_raise_the_energy():
     model, x, y = make(GRAPHS[2], torch.float32)  # residual: large energy curvature
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=5, step_size=2.5)
     with pytest.warns(RuntimeWarning, match=r"raised the energy.*step_size 2.5 is too large.*e\.g\. 0\.25"):
-        pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=5, step_size=2.5).step(x, y)
+        pc.step(x, y)
+    with warnings.catch_warnings():  # once per learner, not once per batch
+        warnings.simplefilter("error")
+        assert pc.step(x, y).energy_trace[-1] > pc.step(x, y).energy_trace[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=5, step_size=0.1).step(x, y)

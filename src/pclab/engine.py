@@ -107,6 +107,7 @@ class PredictiveCoding:
         self.value_nodes = value_nodes
         self.leaf_modules = tuple(leaf_modules)
         self._graphs: dict[tuple, CapturedGraph] = {}
+        self._warned = False  # the energy-rise warning, said once
         if compile and self.algorithm.name == "incremental":
             raise ValueError("compile=True does not support algorithm 'incremental': its optimizer steps "
                              "between inference ticks split the program; use compile=False")
@@ -155,8 +156,8 @@ class PredictiveCoding:
             raise_if_diverged(graph, outcome.trace, outcome.checksum)
             learning.accumulate(params, outcome.grads)
         rows = outcome.trace.tolist()  # one transfer for the whole trace
-        if getattr(self.algorithm, "descends_energy", False):
-            _warn_if_energy_rose(sum(rows[0]), sum(rows[-1]), self.algorithm)
+        if getattr(self.algorithm, "descends_energy", False) and not self._warned:
+            self._warned = _warn_if_energy_rose(sum(rows[0]), sum(rows[-1]), self.algorithm)
         return StepResult(
             loss=float(outcome.loss_sum) / batch,
             energy=float(sum(rows[-1])),
@@ -240,15 +241,19 @@ def _own_code(fn: Any) -> Any:
     return types.MethodType(own, fn.__self__) if hasattr(fn, "__func__") else own
 
 
-def _warn_if_energy_rose(start: float, end: float, algorithm: Any) -> None:
+def _warn_if_energy_rose(start: float, end: float, algorithm: Any) -> bool:
+    """Warn (and say so) when inference ended above where it started."""
     # Descent on the energy cannot end above its start unless the step overshoots
     # the energy's curvature (2 / largest eigenvalue; residual chains have large
     # ones). The gradients are then not the rule's, so say so instead of training on.
-    if end > start * (1 + 1e-3):
+    rose = end > start * (1 + 1e-3)
+    if rose:
         warnings.warn(
             f"inference raised the energy from {start:.4g} to {end:.4g}: step_size "
             f"{algorithm.step_size:g} is too large for this model, so these are not {algorithm.name}'s "
-            f"gradients. Lower step_size (e.g. {algorithm.step_size / 10:g}).", RuntimeWarning, stacklevel=3)
+            f"gradients. Lower step_size (e.g. {algorithm.step_size / 10:g}). Said once per learner; "
+            "StepResult.energy_trace shows every step.", RuntimeWarning, stacklevel=3)
+    return rose
 
 
 def _random_origin(graph: CapturedGraph) -> str:

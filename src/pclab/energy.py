@@ -57,10 +57,13 @@ def _prepare_mse(output: Tensor, target: Tensor) -> Tensor:
                 "(one index per example) or a float target of the output's shape"
             )
         num_classes = output.shape[-1]
-        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
-            raise ValueError(f"class indices must lie in [0, {num_classes}); got "
-                             f"range [{int(target.min())}, {int(target.max())}]")
-        return F.one_hot(target.long(), num_classes).to(output.dtype)
+        if target.numel():
+            low, high = (int(v) for v in torch.aminmax(target))
+            if low < 0 or high >= num_classes:
+                raise ValueError(f"class indices must lie in [0, {num_classes}); got range [{low}, {high}]")
+        # scatter_ rather than F.one_hot, which checks the range a second time (once per step).
+        one_hot = torch.zeros((*target.shape, num_classes), dtype=output.dtype, device=target.device)
+        return one_hot.scatter_(-1, target.long().unsqueeze(-1), 1.0)
     if target.shape != output.shape:
         raise ValueError(f"float target shape {tuple(target.shape)} does not match "
                          f"output shape {tuple(output.shape)}")

@@ -85,12 +85,10 @@ class Algorithm(Protocol):
 
 def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
     """One scalar that is finite when the energies and gradients are: NaN and inf survive
-    a sum, and energies are finite exactly when errors and the loss are. (A norm would
-    square huge but finite gradients into inf.)"""
+    a sum and a max-abs norm, and energies are finite exactly when errors and the loss
+    are. (The 2-norm would square huge but finite gradients into inf; the max does not.)"""
     total = trace.sum()
-    for g in grads:
-        total = total + g.sum()
-    return total
+    return total + inference.norms(grads, float("inf")).sum() if grads else total
 
 
 def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> None:

@@ -6,6 +6,8 @@ import copy
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -266,3 +268,14 @@ def test_pc_warns_when_its_step_size_makes_inference_raise_the_energy():
         warnings.simplefilter("error")
         result = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=5, step_size=0.1).step(x, y)
     assert result.energy_trace[-1] < result.energy_trace[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=12)
+       | st.lists(st.sampled_from([3e38, -3e38, 1.0]), min_size=2, max_size=6),  # huge but finite
+       st.integers(0, 3))
+def test_the_divergence_checksum_is_finite_exactly_when_every_gradient_is(values, split):
+    from pclab.algorithms import checksum
+    data = torch.tensor(values, dtype=torch.float32)
+    grads = [data[:split], data[split:]] if 0 < split < len(values) else [data]
+    assert bool(torch.isfinite(checksum(torch.zeros(2, 3), grads))) == bool(torch.isfinite(data).all())

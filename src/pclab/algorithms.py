@@ -85,10 +85,11 @@ class Algorithm(Protocol):
 
 def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
     """One scalar that is finite when the energies and gradients are: NaN and inf survive
-    a sum and a max-abs norm, and energies are finite exactly when errors and the loss
-    are. (The 2-norm would square huge but finite gradients into inf; the max does not.)"""
+    a sum and a max, and energies are finite exactly when errors and the loss are.
+    Gradients enter by their largest magnitude, which cannot overflow (a 2-norm or a
+    sum would turn huge but finite gradients into inf)."""
     total = trace.sum()
-    return total + inference.norms(grads, float("inf")).sum() if grads else total
+    return torch.maximum(total.abs(), inference.norms(grads, float("inf")).amax()) if grads else total
 
 
 def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> None:

@@ -250,8 +250,9 @@ def _warn_if_energy_rose(start: float, end: float, algorithm: Any) -> bool:
     if rose:
         warnings.warn(
             f"inference raised the energy from {start:.4g} to {end:.4g}: step_size "
-            f"{algorithm.step_size:g} is too large for this model, so these are not {algorithm.name}'s "
-            f"gradients. Lower step_size (e.g. {algorithm.step_size / 10:g}). Said once per learner; "
+            f"{algorithm.step_size:g} is too large for this model, so inference moved away from the "
+            f"equilibrium {algorithm.name}'s update assumes. Lower step_size (e.g. "
+            f"{algorithm.step_size / 10:g}). Said once per learner; "
             "StepResult.energy_trace shows every step.", RuntimeWarning, stacklevel=3)
     return rose
 

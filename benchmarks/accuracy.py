@@ -140,8 +140,6 @@ def _config(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[s
             data_dir: Path | None) -> TrainConfig:
     """The suite's table entry for ``algorithm``, then ``extra`` (command-line overrides) on top."""
     fields = {**suite.config, **suite.per_algorithm.get(algorithm, {}), **extra}
-    if algorithm == "incremental":
-        fields.pop("compile", None)  # no compiled path: its optimizer steps split the program
     return TrainConfig(data=suite.data, data_dir=str(data_dir) if data_dir else None, model=suite.model,
                        model_options=variant, algorithm=algorithm, device="cpu", **fields)
 

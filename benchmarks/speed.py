@@ -172,8 +172,6 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
     torch.manual_seed(0)
     model = case.build()
     x, y = case.batch(batch)
-    if compiled:
-        algorithms = [(a, t) for a, t in algorithms if a != "incremental"]
     configs = {f"{a}:{t}": _training_step(model, x, y, a, t, compiled) for a, t in algorithms}
     refs = _reference_steps(model, x, y, compiled)
     timings: dict[str, list[float]] = {k: [] for k in [*configs, *refs]}

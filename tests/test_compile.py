@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import pclab
+from torch._dynamo.utils import counters
 
 
 class ResidualBN(nn.Module):
@@ -62,9 +63,27 @@ def test_compile_refuses_a_forward_that_draws_random_numbers_and_names_it():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_compile_refuses_incremental_pc():
-    with pytest.raises(ValueError, match="incremental.*compile=False"):
-        pclab.PredictiveCoding(nn.Linear(3, 2), loss="mse", algorithm="incremental", compile=True)
+def test_compiled_incremental_pc_follows_the_eager_one_tick_by_tick():
+    # Its optimizer steps between ticks, so weights, buffers and energies after a few
+    # batches show every tick was the same program.
+    torch.manual_seed(0)
+    eager_model = ResidualBN()
+    compiled_model = copy.deepcopy(eager_model)
+    counters.clear()
+    runs = []
+    for model, compile in ((eager_model, False), (compiled_model, True)):
+        pc = pclab.PredictiveCoding(model, loss="ce", algorithm="incremental", steps=4, compile=compile)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        torch.manual_seed(1)
+        runs.append([pc.step(torch.randn(10, 12), torch.randint(0, 4, (10,)), optimizer=opt)
+                     for _ in range(3)])
+    for got, want in zip(runs[1], runs[0]):
+        assert got.energy_trace == pytest.approx(want.energy_trace, rel=1e-4, abs=1e-6)
+    for a, b in zip([*compiled_model.parameters(), *compiled_model.buffers()],
+                    [*eager_model.parameters(), *eager_model.buffers()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # Two whole programs (the first tick, the later ones), no eager fallback in between.
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 2
 
 
 def test_the_graph_knows_when_its_forward_draws_random_numbers():

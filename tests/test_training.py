@@ -399,15 +399,11 @@ def test_compare_rejects_unknown_algorithms():
         training.compare(tiny(), ["fpa", "ipc"], seeds=[0])
 
 
-def test_a_compiled_run_follows_the_eager_run():
+@pytest.mark.parametrize("algorithm", ["fpa", "incremental"])
+def test_a_compiled_run_follows_the_eager_run(algorithm):
     # 64 examples in batches of 16: one batch shape, so one compilation.
-    eager = training.train(tiny(train_size=64, epochs=1))
-    compiled = training.train(tiny(train_size=64, epochs=1, compile=True))
+    eager = training.train(tiny(train_size=64, epochs=1, algorithm=algorithm))
+    compiled = training.train(tiny(train_size=64, epochs=1, algorithm=algorithm, compile=True))
     for a, b in zip(eager.history, compiled.history):
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
         assert b.test_accuracy == pytest.approx(a.test_accuracy, abs=1e-3)
-
-
-def test_compile_with_incremental_is_a_config_error():
-    with pytest.raises(ConfigError, match="incremental.*compile=False"):
-        training.train(tiny(algorithm="incremental", compile=True))

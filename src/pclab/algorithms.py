@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -295,36 +295,33 @@ class Incremental:
         _check_steps(self.steps, self.step_size)
 
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
+        return self._ticks(problem, optimizer, self._first, self._next)
+
+    def compiled(self, compile: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Outcome]:
+        """``run`` with each tick's signals through ``compile``; the optimizer steps
+        between ticks stay outside the compiled programs (one for the first tick, one
+        for the others)."""
+        first, following = compile(self._first), compile(self._next)
+        return lambda problem, optimizer=None: self._ticks(problem, optimizer, first, following)
+
+    def _ticks(self, problem: Problem, optimizer: torch.optim.Optimizer | None,
+               first: Callable[..., Any], following: Callable[..., Any]) -> Outcome:
         if optimizer is None:
             raise ValueError("algorithm 'incremental' steps the weights at every inference tick: "
                              "call pc.step(x, y, optimizer=opt)")
-        g, B, loss = problem.graph, problem.batch_size, problem.loss
+        g, B = problem.graph, problem.batch_size
         replay = Replay(problem.model, random=g.draws_random())
-        out, mus, values, _ = g.forward_cut(*problem.inputs)
-        replay.first_done()
-        feedforward = out.detach()
-        values, mus = list(values), list(mus)
         trace = inference.EnergyTrace()
         try:
             for t in range(self.steps):
-                if t:
-                    out, mus = _evaluate(problem, values, replay)
-                errors = _errors(values, mus)
-                loss_sum = loss.per_example(out, problem.target).sum()
-                if t == 0:
-                    feedforward_loss = loss_sum.detach()
-                trace.record(errors, loss_sum)
-                n = len(values)
                 for p in problem.params:  # last tick's gradient is spent: free it before the next
                     p.grad = None
-                # One VJP for both, of the batch-mean energy: the weights get dF/dtheta as
-                # is, and only the (usually smaller) value gradients are rescaled into
-                # each example's feedback -dF/dv.
-                d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
-                                        [torch.full_like(loss_sum, 1.0 / B), *_scaled(errors, -1.0 / B)],
-                                        materialize_grads=True)
-                fb, grads = _scaled(d[:n], -float(B)), list(d[n:])
-                del d
+                if t == 0:
+                    feedforward, values, errors, loss_sum, fb, grads = first(problem, replay)
+                    feedforward_loss = loss_sum.detach()
+                else:
+                    errors, loss_sum, fb, grads = following(problem, values, replay)
+                trace.record(errors, loss_sum)
                 # Earlier ticks passed this check, so only this tick's energies need summing.
                 tick = checksum(trace.latest_sum(), grads)
                 if not bool(torch.isfinite(tick)):
@@ -336,6 +333,34 @@ class Incremental:
         finally:
             replay.close()
         return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), None)
+
+    def _first(self, problem: Problem, replay: Replay) -> tuple[Any, ...]:
+        """The forward pass, then the first tick's signals at its values."""
+        out, mus, values, _ = problem.graph.forward_cut(*problem.inputs)
+        replay.first_done()
+        values = list(values)
+        # Values leave detached (the caller moves them): a returned leaf that autograd
+        # still tracks would split the compiled program.
+        return (out.detach(), [v.detach() for v in values], *self._signals(problem, values, out, list(mus)))
+
+    def _next(self, problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Any, ...]:
+        """A later tick's signals: predictions recomputed from the moved values and new weights."""
+        out, mus = _evaluate(problem, values, replay)
+        return self._signals(problem, values, out, mus)
+
+    @staticmethod
+    def _signals(problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
+        """Errors, summed loss, each value's feedback ``-dF/dv`` and each weight's ``dF/dtheta``."""
+        n, B = len(values), problem.batch_size
+        errors = _errors(values, mus)
+        loss_sum = problem.loss.per_example(out, problem.target).sum()
+        # One VJP for both, of the batch-mean energy: the weights get dF/dtheta as is,
+        # and only the (usually smaller) value gradients are rescaled into each
+        # example's feedback -dF/dv.
+        d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
+                                [torch.full_like(loss_sum, 1.0 / B), *_scaled(errors, -1.0 / B)],
+                                materialize_grads=True)
+        return errors, loss_sum.detach(), _scaled(d[:n], -float(B)), list(d[n:])
 
 
 ALGORITHMS: dict[str, type] = {a.name: a for a in (Exact, FPA, PC, Incremental)}

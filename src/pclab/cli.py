@@ -74,7 +74,7 @@ EvalEvery = Annotated[Optional[int], typer.Option(help="Evaluate on the test set
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads [default: 1; raise it for large conv nets].")]
 Compile = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="Run each step through torch.compile (not with incremental).")]
+    "--compile/--no-compile", help="Run each step through torch.compile (incremental: each tick).")]
 Out = Annotated[Optional[str], typer.Option(help="Run folder [default: runs/<data>-<model>-<algorithm>-<time>].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run files in an existing --out.")]
 Progress = Annotated[bool, typer.Option("--progress/--quiet", help="Progress bar and one line per epoch.")]

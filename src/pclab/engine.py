@@ -87,8 +87,8 @@ class PredictiveCoding:
         compile: run each step's inference and learning through ``torch.compile``
             (one fused program per input shape; the first step of each shape
             compiles, taking seconds). Needs a forward that draws no random
-            numbers (dropout in eval mode or absent); not for ``"incremental"``,
-            whose optimizer steps between ticks split the program.
+            numbers (dropout in eval mode or absent). ``"incremental"`` compiles
+            each tick's signals; its optimizer steps between ticks stay eager.
 
     The graph is captured once per input signature (dtypes and non-batch shapes)
     and reused. See the module docstring for an example.
@@ -108,10 +108,12 @@ class PredictiveCoding:
         self.leaf_modules = tuple(leaf_modules)
         self._graphs: dict[tuple, CapturedGraph] = {}
         self._warned = False  # the energy-rise warning, said once
-        if compile and self.algorithm.name == "incremental":
-            raise ValueError("compile=True does not support algorithm 'incremental': its optimizer steps "
-                             "between inference ticks split the program; use compile=False")
-        self._run = _compiled(self.algorithm.run) if compile else self.algorithm.run
+        self._run = self.algorithm.run
+        if compile:
+            # An algorithm may say which parts compile (incremental: its ticks, between
+            # which the optimizer steps); otherwise its whole run is one program.
+            parts = getattr(self.algorithm, "compiled", None)
+            self._run = parts(_compiled) if parts else _compiled(self.algorithm.run)
 
     def capture(self, x: Tensor | tuple[Tensor, ...]) -> CapturedGraph:
         """The captured graph for inputs like ``x`` (traced on first use)."""
@@ -215,7 +217,7 @@ def _compiled(run: Any) -> Any:
     # run sees two, the full batches and the last one).
     program = torch.compile(_own_code(run), dynamic=False)
 
-    def call(problem: Problem, optimizer: torch.optim.Optimizer | None) -> Any:
+    def call(problem: Problem, *args: Any) -> Any:
         if problem.graph.draws_random():
             raise ValueError(
                 "compile=True needs a forward that draws no random numbers, but "
@@ -225,7 +227,7 @@ def _compiled(run: Any) -> Any:
         # them; the schedule's cache is a pure function, so tracing through it is safe.
         with torch._dynamo.config.patch(trace_autograd_ops=True), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
-            return program(problem, optimizer)
+            return program(problem, *args)
     return call
 
 

@@ -154,7 +154,7 @@ class TrainConfig:
             large convolutional models.
         compile: run each training step through ``torch.compile`` (same numbers,
             faster after the first step of each batch shape; see
-            :class:`pclab.PredictiveCoding`). Not with ``"incremental"``.
+            :class:`pclab.PredictiveCoding`).
         out: run folder; ``None`` writes nothing.
 
     Construction checks every field's type and range and names the bad key:

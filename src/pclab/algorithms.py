@@ -73,9 +73,12 @@ class Outcome:
 class Algorithm(Protocol):
     """``run`` does inference (and, for incremental PC, learning) on one problem.
 
-    An algorithm whose inference is gradient descent on the energy sets the class
-    attribute ``descends_energy = True``; the engine then warns when a step ends with
-    more energy than it started with (a step size above the stable range).
+    Two optional hooks the engine looks for: a class attribute ``descends_energy =
+    True`` where inference is gradient descent on the energy (the engine then warns
+    when a step ends with more energy than it started with: a step size above the
+    stable range), and a method ``compiled(compile)`` returning ``run`` with only
+    some parts compiled (incremental PC: its ticks); without it ``compile=True``
+    compiles the whole ``run``.
     """
 
     name: ClassVar[str]

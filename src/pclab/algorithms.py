@@ -88,11 +88,13 @@ class Algorithm(Protocol):
 
 def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
     """One scalar that is finite when the energies and gradients are: NaN and inf survive
-    a sum and a max, and energies are finite exactly when errors and the loss are.
-    Gradients enter by their largest magnitude, which cannot overflow (a 2-norm or a
-    sum would turn huge but finite gradients into inf)."""
+    a sum, and energies are finite exactly when errors and the loss are. (Gradients
+    whose sum passes float's range, ~1e38, count as diverged too.) Plain sums: the
+    max-abs norm would not overflow, but its foreach kernel is ten times slower here."""
     total = trace.sum()
-    return torch.maximum(total.abs(), inference.norms(grads, float("inf")).amax()) if grads else total
+    for g in grads:
+        total = total + g.sum()
+    return total
 
 
 def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> None:

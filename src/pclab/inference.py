@@ -122,7 +122,7 @@ class EnergyTrace:
         self._losses: list[Tensor] = []
 
     def record(self, errors: Sequence[Tensor], loss_sum: Tensor) -> None:
-        self._norms.append(norms(errors) if errors else loss_sum.new_zeros(0))
+        self._norms.append(_norms(errors) if errors else loss_sum.new_zeros(0))
         self._losses.append(loss_sum.detach())
 
     def latest_sum(self) -> Tensor:
@@ -136,10 +136,9 @@ class EnergyTrace:
         return torch.cat([0.5 * stacked.pow(2), losses[:, None]], dim=1) / batch_size
 
 
-def norms(tensors: Sequence[Tensor], ord: float = 2.0) -> Tensor:
-    """Each tensor's vector norm, stacked (NaN and inf survive every order)."""
+def _norms(tensors: Sequence[Tensor]) -> Tensor:
     if torch.compiler.is_compiling():
         # Inductor has no fused lowering of _foreach_norm (it would run one kernel
         # per tensor, outside the fused code); plain reductions fuse.
-        return torch.stack([torch.linalg.vector_norm(t, ord) for t in tensors])
-    return torch.stack(torch._foreach_norm(list(tensors), ord))
+        return torch.stack([torch.linalg.vector_norm(t) for t in tensors])
+    return torch.stack(torch._foreach_norm(list(tensors)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -120,3 +121,15 @@ def test_many_compiled_learners_each_keep_their_own_program(monkeypatch, algorit
         pc = pclab.learner(model, algorithm, loss="ce", steps=3, compile=True)
         for batch in (4, 4, 2):
             pc.step(torch.randn(batch, 5), torch.randint(0, 3, (batch,)))
+
+
+def test_the_collection_that_compiling_provokes_happens_in_the_compiling_step(monkeypatch):
+    # Otherwise it stalls some later step for a tenth of a second (a timing artefact
+    # benchmarks picked up); one collection per new batch shape, none afterwards.
+    collections = []
+    monkeypatch.setattr(pclab.engine, "gc", types.SimpleNamespace(collect=lambda: collections.append(1)))
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", steps=3, compile=True)
+    for batch in (5, 5, 5, 4, 4, 5):
+        pc.step(torch.randn(batch, 6), torch.randint(0, 3, (batch,)))
+    assert len(collections) == 2

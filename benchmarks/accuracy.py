@@ -359,7 +359,7 @@ def render(results_dir: Path, peers_dir: Path | None = None) -> str:
         lines.append("None.")
     lines.append("")
     # speed.json: the full table; speed-<name>.json: later re-measurements of a subset (--models).
-    for speed in sorted(results_dir.glob("speed*.json")):
+    for speed in sorted(results_dir.glob("speed*.json"), key=lambda f: (f.name != "speed.json", f.name)):
         lines += _render_speed(json.loads(speed.read_text()), speed.name)
     # compare_pcx.json: unpinned; compare_pcx_cores<N>.json: both libraries on the same N cores.
     for pcx in sorted(peers_dir.glob("compare_pcx*.json")) if peers_dir is not None else []:

@@ -42,6 +42,7 @@ import shlex
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -146,15 +147,24 @@ def _config(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[s
 
 def _run_one(config: TrainConfig, dataset: data_lib.Dataset) -> dict[str, Any]:
     tick = time.perf_counter()
-    try:
-        result = train(config, dataset=dataset)
-    except RunDiverged as err:
-        return {"test_accuracy": None, "diverged": str(err), "wall_s": time.perf_counter() - tick}
-    return {"test_accuracy": result.final_test_accuracy,
+    # pclab's own warnings (e.g. pc's step size raising the energy) belong to the run's record.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            result = train(config, dataset=dataset)
+        except RunDiverged as err:
+            return {"test_accuracy": None, "diverged": str(err), "wall_s": time.perf_counter() - tick,
+                    "warnings": _pclab_warnings(caught)}
+    return {"warnings": _pclab_warnings(caught), "test_accuracy": result.final_test_accuracy,
             "test_loss": next((h.test_loss for h in reversed(result.history) if h.test_loss is not None), None),
             "test_accuracy_per_epoch": [h.test_accuracy for h in result.history],
             "train_loss_per_epoch": [h.train_loss for h in result.history],
             "seconds_per_epoch": result.seconds_per_epoch, "wall_s": time.perf_counter() - tick}
+
+
+def _pclab_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return sorted({str(w.message) for w in caught
+                   if issubclass(w.category, RuntimeWarning) and "pclab" in w.filename})
 
 
 def tuning_grid(algorithm: str) -> list[dict[str, float]]:
@@ -419,6 +429,9 @@ def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]
                              if (run["variant"], run["algorithm"]) == (r["variant"], r["algorithm"]))
         lines.append(f"| {r['variant']} | {r['algorithm']} | {_mean_std(r)} | {per_seed} | {loss} | {r['n']} "
                      f"| {spe} |")
+    warned = [f"{r['variant']} / {r['algorithm']} seed {r['seed']}" for r in entry["runs"] if r.get("warnings")]
+    if warned:
+        lines += ["", f"Runs in which pclab warned (the messages are in the JSON): {', '.join(warned)}."]
     lines += ["", "Accuracy and loss are those of the last epoch on the test set; std is the sample standard "
               "deviation over seeds. s/epoch is the mean training time of an epoch as the machine was loaded "
               "during the run (shared machines vary); `speed.json` is the controlled timing.", ""]

@@ -105,6 +105,7 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     for fact in ("Fabricated CPU 9000, 7 cores", "--fabricated", "2000-01-02T03:04:05+00:00",
                  "| 1.23 | 4.32 | 1.10 |", "| steps/s | 123.4 | 567.8 |", "2000-01-03"):
         assert fact in text
+    assert "pclab warned" not in text  # no run of the fabricated suite warned
     # A re-measured subset of speed.py's models gets its own section next to the full table.
     assert "(mlp, re-measured)" in text and "| 1.23 | 4.32 | 0.50 |" in text
     # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.
@@ -157,3 +158,15 @@ def test_a_suite_split_over_invocations_keeps_every_algorithms_runs(accuracy, tm
 def test_an_algorithm_the_suite_does_not_run_is_refused(accuracy, tmp_path):
     with pytest.raises(SystemExit):
         accuracy.main(["--suites", "fmnist-depth", "--algorithms", "fpa", "--json", str(tmp_path / "a.json")])
+
+
+def test_a_run_records_pclabs_warnings(accuracy):
+    from pclab import data as data_lib
+    from pclab.training import TrainConfig
+    dataset = data_lib.load("digits", None, train_size=200)
+    run = accuracy._run_one(TrainConfig(data="digits", algorithm="pc", steps=5, step_size=3.0, epochs=1,
+                                        device="cpu"), dataset)
+    assert any("raised the energy" in w for w in run["warnings"])
+    calm = accuracy._run_one(TrainConfig(data="digits", algorithm="pc", steps=5, step_size=0.01, epochs=1,
+                                         device="cpu"), dataset)
+    assert calm["warnings"] == []

@@ -69,7 +69,7 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     results.mkdir()
     peers.mkdir()
     runs = [{"variant": "m", "algorithm": "pc", "seed": s, "test_accuracy": a, "test_loss": 0.25,
-             "seconds_per_epoch": 0.5}
+             "seconds_per_epoch": 0.5, "warnings": ["inference raised the energy"] if s else []}
             for s, a in enumerate([0.8125, 0.8375])]
     entry = {"date": "2000-01-02T03:04:05+00:00", "command": "python benchmarks/accuracy.py --fabricated",
              "machine": {"cpu": "Fabricated CPU 9000", "cores": 7, "torch": "0.0.0"},
@@ -105,7 +105,7 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     for fact in ("Fabricated CPU 9000, 7 cores", "--fabricated", "2000-01-02T03:04:05+00:00",
                  "| 1.23 | 4.32 | 1.10 |", "| steps/s | 123.4 | 567.8 |", "2000-01-03"):
         assert fact in text
-    assert "pclab warned" not in text  # no run of the fabricated suite warned
+    assert "Runs in which pclab warned (the messages are in the JSON): m / pc seed 1." in text
     # A re-measured subset of speed.py's models gets its own section next to the full table.
     assert "(mlp, re-measured)" in text and "| 1.23 | 4.32 | 0.50 |" in text
     # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.

@@ -131,9 +131,9 @@ class EnergyTrace:
 
     def tensor(self, batch_size: int) -> Tensor:
         """Shape ``(evaluations, nodes + 1)``: ``0.5 |e_i|^2`` per node, then the loss; batch means."""
-        stacked = torch.stack(self._norms)
-        losses = torch.stack(self._losses).to(stacked.dtype)
-        return torch.cat([0.5 * stacked.pow(2), losses[:, None]], dim=1) / batch_size
+        norms = torch.stack(self._norms)
+        losses = torch.stack(self._losses).to(norms.dtype)
+        return torch.cat([0.5 * norms.pow(2), losses[:, None]], dim=1) / batch_size
 
 
 def _norms(tensors: Sequence[Tensor]) -> Tensor:

@@ -399,7 +399,7 @@ def test_compare_rejects_unknown_algorithms():
         training.compare(tiny(), ["fpa", "ipc"], seeds=[0])
 
 
-@pytest.mark.parametrize("algorithm", ["fpa", "incremental"])
+@pytest.mark.parametrize("algorithm", ["pc", "incremental"])
 def test_a_compiled_run_follows_the_eager_run(algorithm):
     # 64 examples in batches of 16: one batch shape, so one compilation.
     eager = training.train(tiny(train_size=64, epochs=1, algorithm=algorithm))

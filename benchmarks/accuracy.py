@@ -22,6 +22,7 @@ overrides the parent folder); a suite whose files are absent is skipped with a n
     python benchmarks/accuracy.py --suites digits-mlp     # merges into benchmarks/results/accuracy.json
     python benchmarks/accuracy.py --render                # benchmarks/RESULTS.md from benchmarks/results/*.json
     python benchmarks/accuracy.py --smoke                 # seconds: what the test suite runs (writes nothing)
+    python benchmarks/accuracy.py --suites fmnist-mlp --tune --jobs 2   # two runs at once, same numbers
 
 ``accuracy.json`` holds one entry per suite, each with its own date, machine and
 command, so running one suite replaces that suite only. ``--render`` builds
@@ -32,10 +33,13 @@ command, so running one suite replaces that suite only. ``--render`` builds
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
+import itertools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shlex
@@ -43,9 +47,10 @@ import statistics
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -162,6 +167,27 @@ def _run_one(config: TrainConfig, dataset: data_lib.Dataset) -> dict[str, Any]:
             "seconds_per_epoch": result.seconds_per_epoch, "wall_s": time.perf_counter() - tick}
 
 
+RunMany = Callable[[list[TrainConfig], data_lib.Dataset], Iterator[dict[str, Any]]]
+
+
+def _serial(configs: list[TrainConfig], dataset: data_lib.Dataset) -> Iterator[dict[str, Any]]:
+    return map(_run_one, configs, itertools.repeat(dataset))
+
+
+@contextlib.contextmanager
+def _runner(jobs: int) -> Iterator[RunMany]:
+    """Runs configs on one dataset and yields their results in order, ``jobs`` at a time.
+
+    Runs are independent and seeded, so a spawned process gives the numbers this one
+    would (tested); with one torch thread each, ``jobs`` = cores keeps every core busy.
+    """
+    if jobs <= 1:
+        yield _serial
+        return
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda configs, dataset: pool.map(_run_one, configs, itertools.repeat(dataset))
+
+
 def _pclab_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return sorted({str(w.message) for w in caught
                    if issubclass(w.category, RuntimeWarning) and "pclab" in w.filename})
@@ -176,13 +202,13 @@ def tuning_grid(algorithm: str) -> list[dict[str, float]]:
 
 
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
-          data_dir: Path | None, val: data_lib.Dataset, log) -> dict[str, Any]:
+          data_dir: Path | None, val: data_lib.Dataset, log, run_many: RunMany = _serial) -> dict[str, Any]:
     """The grid point with the best validation accuracy (ties: the first in grid order); seed 0."""
     grid = tuning_grid(algorithm)
+    configs = [_config(suite, algorithm, variant, {**extra, **point, "seed": 0}, data_dir) for point in grid]
     scores = []
-    for point in grid:
-        config = _config(suite, algorithm, variant, {**extra, **point, "seed": 0}, data_dir)
-        scores.append(_run_one(config, val)["test_accuracy"])
+    for point, result in zip(grid, run_many(configs, val)):
+        scores.append(result["test_accuracy"])
         log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(scores[-1])}")
     best = max(range(len(grid)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))
     return {"grid": grid, "validation_accuracy": scores, "chosen": grid[best]}
@@ -194,7 +220,8 @@ def _point(point: dict[str, float]) -> str:
 
 def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[str, ...],
               extra: dict[str, Any], data_root: Path, tune: bool, meta: dict[str, Any] | None = None,
-              save: Callable[[dict[str, Any]], None] | None = None, log=print) -> dict[str, Any]:
+              save: Callable[[dict[str, Any]], None] | None = None, log=print,
+              run_many: RunMany = _serial) -> dict[str, Any]:
     """Train every (variant, algorithm, seed) of ``suite``; the entry ``accuracy.json`` holds for it.
 
     ``save`` gets the entry so far after every run (``"complete": false`` until the
@@ -225,12 +252,13 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
         for algorithm in algorithms:
             chosen = dict(extra)
             if tune:
-                tuning[f"{label}/{algorithm}"] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log)
+                tuning[f"{label}/{algorithm}"] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log,
+                                                           run_many)
                 chosen.update(t["chosen"])
             hyper[f"{label}/{algorithm}"] = _config(suite, algorithm, variant, chosen, data_dir).to_dict()
-            for seed in seeds:
-                config = _config(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir)
-                run = {"variant": label, "algorithm": algorithm, "seed": seed, **_run_one(config, dataset)}
+            configs = [_config(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir) for seed in seeds]
+            for seed, result in zip(seeds, run_many(configs, dataset)):
+                run = {"variant": label, "algorithm": algorithm, "seed": seed, **result}
                 runs.append(run)
                 log(f"  {label:<22} {algorithm:<12} seed {seed}: test accuracy {_fmt(run['test_accuracy'])}"
                     f"  ({run['wall_s']:.1f} s)")
@@ -499,6 +527,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--epochs", type=int, default=None, help="override the table's epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each in its own process (tuning points and seeds; "
+                             "results are the same as with 1)")
     parser.add_argument("--compile", action="store_true",
                         help="compile=True for every algorithm with a compiled path (same numbers, faster)")
     parser.add_argument("--tune", action="store_true",
@@ -531,6 +562,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = list(range(args.seeds))
     if not seeds:
         parser.error("--seeds must be at least 1")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         parser.error(f"unknown suite {unknown[0]!r}; valid suites: {', '.join(SUITES)}")
@@ -551,25 +584,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     json_path = args.json if args.json is not None or args.smoke else RESULTS_DIR / "accuracy.json"
     report: dict[str, Any] = {"suites": {}, "skipped": {}}
-    for name in names:
-        suite = SUITES[name]
-        missing = _missing(suite, args.data_root)
-        if missing:
-            print(f"skipping {name}: {missing} (pass --data-root)", flush=True)
-            report["skipped"][name] = missing
-            continue
-        algorithms = chosen[name]
-        print(f"{name}: {', '.join(algorithms)} x {len(seeds)} seed(s)", flush=True)
-        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        meta = {"date": started, "machine": machine(), "command": command}
-        save = None if json_path is None else (lambda entry, name=name: _merge_into(json_path, name, entry))
-        entry = run_suite(name, suite, seeds=seeds, algorithms=algorithms, extra=extra,
-                          data_root=args.data_root, tune=args.tune, meta=meta, save=save,
-                          log=lambda s: print(s, flush=True))
-        report["suites"][name] = entry
-        print(table(entry), flush=True)
-        if json_path is not None:
-            print(f"wrote {json_path}", flush=True)
+    with _runner(args.jobs) as run_many:
+        for name in names:
+            suite = SUITES[name]
+            missing = _missing(suite, args.data_root)
+            if missing:
+                print(f"skipping {name}: {missing} (pass --data-root)", flush=True)
+                report["skipped"][name] = missing
+                continue
+            algorithms = chosen[name]
+            print(f"{name}: {', '.join(algorithms)} x {len(seeds)} seed(s)", flush=True)
+            started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            meta = {"date": started, "machine": machine(), "command": command}
+            save = None if json_path is None else (lambda entry, name=name: _merge_into(json_path, name, entry))
+            entry = run_suite(name, suite, seeds=seeds, algorithms=algorithms, extra=extra,
+                              data_root=args.data_root, tune=args.tune, meta=meta, save=save,
+                              log=lambda s: print(s, flush=True), run_many=run_many)
+            report["suites"][name] = entry
+            print(table(entry), flush=True)
+            if json_path is not None:
+                print(f"wrote {json_path}", flush=True)
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,6 +137,24 @@ def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accurac
         used = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]
         assert all(used[k] == v for k, v in tuning["chosen"].items())
     assert {p["step_size"] for p in accuracy.tuning_grid("pc")} == {0.01, 0.03, 0.1}
+
+
+def test_parallel_jobs_give_the_numbers_of_one_process(accuracy, tmp_path):
+    """``--jobs 2`` runs tuning points and seeds in spawned processes: same results, same order."""
+    out = tmp_path / "parallel.json"
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "accuracy.py"), "--smoke", "--tune",
+                    "--seeds", "2", "--jobs", "2", "--json", str(out)], check=True, capture_output=True)
+    parallel = json.loads(out.read_text())["suites"]["digits-mlp"]
+    serial = accuracy.main(["--smoke", "--tune", "--seeds", "2"])["suites"]["digits-mlp"]
+    assert parallel["tuning"] == serial["tuning"]
+    key = lambda r: (r["algorithm"], r["seed"], r["test_accuracy"], r["train_loss_per_epoch"])
+    assert [key(r) for r in parallel["runs"]] == [key(r) for r in serial["runs"]]
+
+
+def test_jobs_below_one_are_refused(accuracy, capsys):
+    with pytest.raises(SystemExit):
+        accuracy.main(["--smoke", "--jobs", "0"])
+    assert "--jobs must be at least 1" in capsys.readouterr().err
 
 
 def test_a_suite_split_over_invocations_keeps_every_algorithms_runs(accuracy, tmp_path):

@@ -21,6 +21,7 @@ algorithm               predictions            what it computes
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
@@ -97,12 +98,18 @@ def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
     return total
 
 
+def finite(scalar: Tensor) -> bool:
+    """Whether a one-element tensor is finite; read on the host, since the answer is
+    needed there anyway (``torch.isfinite`` would add four small ops per check)."""
+    return math.isfinite(scalar.item())
+
+
 def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> None:
     """Raise :class:`DivergenceError` naming the first node and step that went non-finite.
 
     ``checksum`` is :func:`checksum`'s scalar: one host sync for the whole check.
     """
-    if bool(torch.isfinite(checksum)):
+    if finite(checksum):
         return
     names = [*graph.names, OUTPUT]
     bad = (~torch.isfinite(trace)).nonzero()
@@ -148,7 +155,7 @@ class Exact:
         errors = _scaled(grads[:len(values)], -float(B))
         weight_grads = list(grads[len(values):])
         trace = inference.EnergyTrace()
-        trace.record([e.new_zeros(()) for e in errors], loss_sum)
+        trace.record_at_rest(len(errors), loss_sum)
         trace.record(errors, loss_sum)
         return Outcome(out.detach(), loss_sum.detach(), errors, trace.tensor(B), weight_grads)
 
@@ -179,7 +186,7 @@ class FPA:
             loss_sum = problem.loss.per_example(out, problem.target).sum()
         errors = [torch.zeros_like(m, requires_grad=False) for m in mus]
         trace = inference.EnergyTrace()
-        trace.record(errors, loss_sum)
+        trace.record_at_rest(len(errors), loss_sum)
         sweeps, active = _schedule(g, self.steps)
         for sweep in sweeps:
             fb = inference.feedback([*(mus[j] for j in sweep.senders), out],
@@ -329,7 +336,7 @@ class Incremental:
                 trace.record(errors, loss_sum)
                 # Earlier ticks passed this check, so only this tick's energies need summing.
                 tick = checksum(trace.latest_sum(), grads)
-                if not bool(torch.isfinite(tick)):
+                if not finite(tick):
                     raise_if_diverged(g, trace.tensor(B), tick)
                 learning.assign(problem.params, grads)
                 optimizer.step()

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import gc
+import math
 import types
 import warnings
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import learning
-from .algorithms import ALGORITHMS, FPA, PC, Algorithm, Exact, Incremental, Problem, raise_if_diverged
+from .algorithms import ALGORITHMS, FPA, PC, Algorithm, Exact, Incremental, Problem, finite, raise_if_diverged
 from .energy import OutputLoss, get_loss
 from .errors import DivergenceError
 from .graph import OUTPUT, CapturedGraph, ValueNodePolicy, capture
@@ -142,7 +143,7 @@ class PredictiveCoding:
                 raise DivergenceError(f"input {i} contains NaN or inf; no inference was run",
                                       node="input", step=None)
         graph = self.capture(inputs)
-        params = [p for p in self.model.parameters() if p.requires_grad and graph.uses(p)]
+        params = [p for p in graph.parameters if p.requires_grad]
         if not params:
             raise ValueError("no parameter with requires_grad=True is used by the model's forward: "
                              "nothing to learn")
@@ -194,7 +195,7 @@ class Backprop:
             out = self._forward(*inputs)
             target = self.loss.prepare(out, y)
             value = self.loss.per_example(out, target).mean()
-            if not bool(torch.isfinite(value.detach())):
+            if not finite(value):
                 raise DivergenceError("non-finite loss; no gradient was written", node=OUTPUT, step=0)
             value.backward()
         loss = float(value.detach())
@@ -275,11 +276,12 @@ def _random_origin(graph: CapturedGraph) -> str:
 
 
 def _all_finite(t: Tensor) -> bool:
-    # min and max propagate NaN and show inf: one fused pass, cheaper than isfinite().all().
+    # min and max propagate NaN and show inf: one fused pass, cheaper than isfinite().all(),
+    # and read on the host, where the answer is needed.
     if t.numel() == 0:
         return True
     low, high = torch.aminmax(t.detach())
-    return bool(torch.isfinite(low) & torch.isfinite(high))
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:

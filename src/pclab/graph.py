@@ -66,7 +66,10 @@ class CapturedGraph:
     value nodes that ``n``'s prediction reads (through value-free ops only);
     ``parents[OUTPUT]`` those of the output. ``origin[n]`` says which module or
     operation produced ``n`` in the user's model. ``output_shape`` and
-    ``output_dtype`` describe one example's prediction.
+    ``output_dtype`` describe one example's prediction. ``parameters`` are the
+    parameters some prediction reads, each once, in the order the forward reads
+    them (held, not looked up per step: a parameter assigned to the model after
+    capture is not seen; build a new learner then).
     """
 
     names: tuple[str, ...]
@@ -74,7 +77,7 @@ class CapturedGraph:
     origin: dict[str, str]
     output_shape: tuple[int, ...]
     output_dtype: torch.dtype
-    parameter_ids: frozenset[int]
+    parameters: tuple[nn.Parameter, ...]
     forward_with_values: fx.GraphModule
     forward_cut: fx.GraphModule
     predict: fx.GraphModule
@@ -85,7 +88,7 @@ class CapturedGraph:
 
     def uses(self, parameter: Tensor) -> bool:
         """Whether some prediction reads ``parameter`` (else it gets no gradient)."""
-        return id(parameter) in self.parameter_ids
+        return any(p is parameter for p in self.parameters)
 
     def draws_random(self) -> bool:
         """Whether the forward pass draws random numbers in the modules' current modes
@@ -499,7 +502,7 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], *,
         origin={display[n.name]: _origin(n) for n in chosen},
         output_shape=tuple(prediction.shape[1:]),
         output_dtype=prediction.dtype,
-        parameter_ids=frozenset(id(p) for p in _parameters_read(graph, root)),
+        parameters=tuple({id(p): p for p in _parameters_read(graph, root)}.values()),
         forward_with_values=_build(graph, chosen, output, "with_values", root),
         forward_cut=_build(graph, chosen, output, "cut", root),
         predict=_build(graph, chosen, output, "predict", root),

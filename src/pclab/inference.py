@@ -125,6 +125,11 @@ class EnergyTrace:
         self._norms.append(_norms(errors) if errors else loss_sum.new_zeros(0))
         self._losses.append(loss_sum.detach())
 
+    def record_at_rest(self, nodes: int, loss_sum: Tensor) -> None:
+        """Record an evaluation where every value sits at its prediction (all errors zero)."""
+        self._norms.append(loss_sum.new_zeros(nodes))
+        self._losses.append(loss_sum.detach())
+
     def latest_sum(self) -> Tensor:
         """Sum of the last evaluation's error norms and loss: finite exactly when its energies are."""
         return self._norms[-1].sum() + self._losses[-1]

@@ -12,9 +12,9 @@ and speed cancel:
 
 ``--compile`` adds the same table with ``compile=True`` (pclab's torch.compile path;
 backprop and the references compiled too, with ``torch.compile(model)``), its
-ratios taken against compiled backprop, plus ``x eager bp``. Incremental PC has no
-compiled path; peak memory is not sampled for compiled rows (fused kernels bypass
-the op-level sampling).
+ratios taken against compiled backprop, plus ``x eager bp`` (incremental PC compiles
+its ticks, not its optimizer steps). Peak memory is not sampled for compiled rows
+(fused kernels bypass the op-level sampling).
 
 Timings interleave all configurations over several rounds and keep each one's
 median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use bytes,

@@ -407,3 +407,32 @@ def test_a_compiled_run_follows_the_eager_run(algorithm):
     for a, b in zip(eager.history, compiled.history):
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
         assert b.test_accuracy == pytest.approx(a.test_accuracy, abs=1e-3)
+
+
+@pytest.mark.parametrize("name,reference", [
+    ("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)),
+    ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-2, weight_decay=0.1, momentum=0.9)),
+])
+def test_make_optimizer_follows_torchs_default_update_rule(name, reference):
+    """The fused optimizer `pclab train` uses takes the same steps as torch's default loop."""
+    torch.manual_seed(0)
+    shapes = [(7, 5), (7,), (3, 7)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = training.make_optimizer(name, ours, lr=1e-2, weight_decay=0.1, momentum=0.9)
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):  # fused kernels on CPU
+        assert opt.defaults["fused"] is True
+    ref = reference(theirs)
+    for _ in range(5):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+
+
+def test_make_optimizer_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'; valid: adamw, sgd"):
+        training.make_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], lr=1e-3)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from pclab import DivergenceError, learner
+from pclab import training as training_lib
 from pclab.energy import get_loss
 
 ALGORITHMS = ("bp", "exact", "fpa", "pc", "incremental")
@@ -108,9 +109,10 @@ class History:
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum)
+    # SGD's weight decay is applied apart, decoupled (see train), so SGD gets none here.
+    decay = recipe.weight_decay if recipe.optimizer == "adamw" else 0.0
+    return training_lib.make_optimizer(recipe.optimizer, params, lr=recipe.lr, weight_decay=decay,
+                                       momentum=recipe.momentum)
 
 
 def train(model: nn.Module, recipe: Recipe, x: Tensor, y: Tensor, *, seed: int = 0,

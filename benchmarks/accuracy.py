@@ -13,8 +13,12 @@ learning rate from :data:`LR_GRID` for every algorithm and, for those with an
 inference step size, that too from :data:`STEP_SIZE_FACTORS` times its default
 (PC's step size decides how far inference settles, which is the difference
 between approximating backprop and prospective configuration, so leaving it at
-its default would tune pc less than bp). Every grid point gets the same epochs
-and seed; every knob the same three values.
+its default would tune pc less than bp). Incremental PC steps the optimizer at
+each of its T ticks, so its learning rates are :data:`LR_GRID` divided by T:
+AdamW's step length is about ``lr`` whatever the gradient's scale, so a batch then
+moves its weights about as far as one step at the other algorithms' rates.
+Every grid point gets the same epochs and seed; every knob
+three values.
 
 Datasets resolve to ``<repo>/../shared/datasets/<folder>`` (``--data-root``
 overrides the parent folder); a suite whose files are absent is skipped with a note.
@@ -193,18 +197,21 @@ def _pclab_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
                    if issubclass(w.category, RuntimeWarning) and "pclab" in w.filename})
 
 
-def tuning_grid(algorithm: str) -> list[dict[str, float]]:
-    """The settings ``--tune`` tries for ``algorithm``: lr, and the step size where it has one."""
+def tuning_grid(algorithm: str, steps: int) -> list[dict[str, float]]:
+    """The settings ``--tune`` tries for ``algorithm`` run with ``steps`` inference steps:
+    lr, and the step size where it has one."""
     if algorithm in ("bp", "exact"):  # exact's one sweep has step size 1 by definition
         return [{"lr": lr} for lr in LR_GRID]
     default = make_algorithm(algorithm, 1, None).step_size
-    return [{"lr": lr, "step_size": round(default * f, 12)} for lr in LR_GRID for f in STEP_SIZE_FACTORS]
+    per_update = steps if algorithm == "incremental" else 1  # optimizer steps per batch
+    return [{"lr": round(lr / per_update, 12), "step_size": round(default * f, 12)}
+            for lr in LR_GRID for f in STEP_SIZE_FACTORS]
 
 
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
           data_dir: Path | None, val: data_lib.Dataset, log, run_many: RunMany = _serial) -> dict[str, Any]:
     """The grid point with the best validation accuracy (ties: the first in grid order); seed 0."""
-    grid = tuning_grid(algorithm)
+    grid = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps)
     configs = [_config(suite, algorithm, variant, {**extra, **point, "seed": 0}, data_dir) for point in grid]
     scores = []
     for point, result in zip(grid, run_many(configs, val)):
@@ -533,8 +540,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true",
                         help="compile=True for every algorithm with a compiled path (same numbers, faster)")
     parser.add_argument("--tune", action="store_true",
-                        help=f"pick lr per algorithm from {LR_GRID} (and the inference step size from "
-                             f"{STEP_SIZE_FACTORS} x its default) on a validation split of train")
+                        help=f"pick lr per algorithm from {LR_GRID} (divided by T for incremental) and the "
+                             f"inference step size from {STEP_SIZE_FACTORS} x its default, on a validation "
+                             "split of train")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help=f"default: {DATA_ROOT}")
     parser.add_argument("--json", type=Path, default=None,
                         help="results file, merged per suite (default: benchmarks/results/accuracy.json; "

@@ -132,11 +132,15 @@ def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accurac
     # bp has one knob, so 3 settings; pc's inference step size is a second knob: 3 x 3.
     for algorithm, size in (("bp", 3), ("pc", 9)):
         tuning = entry["tuning"][f"mlp 64-128-128-10/{algorithm}"]
-        assert tuning["grid"] == accuracy.tuning_grid(algorithm) and len(tuning["grid"]) == size
+        steps = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]["steps"]
+        assert tuning["grid"] == accuracy.tuning_grid(algorithm, steps) and len(tuning["grid"]) == size
         assert len(tuning["validation_accuracy"]) == size and tuning["chosen"] in tuning["grid"]
         used = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]
         assert all(used[k] == v for k, v in tuning["chosen"].items())
-    assert {p["step_size"] for p in accuracy.tuning_grid("pc")} == {0.01, 0.03, 0.1}
+    assert {p["step_size"] for p in accuracy.tuning_grid("pc", 20)} == {0.01, 0.03, 0.1}
+    # incremental steps the optimizer at every tick: T times smaller rates, the same count
+    assert ({p["lr"] for p in accuracy.tuning_grid("incremental", 20)}
+            == {round(lr / 20, 12) for lr in accuracy.LR_GRID})
 
 
 def test_parallel_jobs_give_the_numbers_of_one_process(accuracy, tmp_path):

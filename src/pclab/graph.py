@@ -86,10 +86,6 @@ class CapturedGraph:
     random_modules: tuple[nn.Module, ...] = ()
     random_functions: tuple[str, ...] = ()
 
-    def uses(self, parameter: Tensor) -> bool:
-        """Whether some prediction reads ``parameter`` (else it gets no gradient)."""
-        return any(p is parameter for p in self.parameters)
-
     def draws_random(self) -> bool:
         """Whether the forward pass draws random numbers in the modules' current modes
         (dropout in training mode, a random op in ``forward``)."""

@@ -91,11 +91,11 @@ def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
     """One scalar that is finite when the energies and gradients are: NaN and inf survive
     a sum, and energies are finite exactly when errors and the loss are. (Gradients
     whose sum passes float's range, ~1e38, count as diverged too.) Plain sums: the
-    max-abs norm would not overflow, but its foreach kernel is ten times slower here."""
+    max-abs norm would not overflow, but its foreach kernel is ten times slower here.
+    The per-gradient sums are stacked and summed once rather than added one by one:
+    fewer small ops, which is what an eager step on a small model pays for."""
     total = trace.sum()
-    for g in grads:
-        total = total + g.sum()
-    return total
+    return total + torch.stack([g.sum() for g in grads]).sum() if grads else total
 
 
 def finite(scalar: Tensor) -> bool:

@@ -270,6 +270,18 @@ def test_pc_warns_when_its_step_size_makes_inference_raise_the_energy():
     assert result.energy_trace[-1] < result.energy_trace[0]
 
 
+@pytest.mark.parametrize("start,end,rose", [(1.0, 1.01, True), (1.0, 1.0005, False), (2.0, 1.0, False),
+                                            (0.0, 7e-20, False), (0.0, 1e-3, True)])
+def test_the_energy_rise_warning_ignores_rounding_of_a_fitted_batch(start, end, rose):
+    """A batch fitted to float precision starts at energy 0; rounding is not a rise."""
+    from pclab.engine import _warn_if_energy_rose
+    algorithm = pclab.PC(steps=5, step_size=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _warn_if_energy_rose(start, end, algorithm) is rose
+    assert len(caught) == int(rose)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(min_value=-2.0**119, max_value=2.0**119, width=32)  # 12 of them cannot overflow float32
                 | st.sampled_from([float("nan"), float("inf"), -float("inf")]), min_size=1, max_size=12),

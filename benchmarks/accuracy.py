@@ -17,8 +17,7 @@ its default would tune pc less than bp). Incremental PC steps the optimizer at
 each of its T ticks, so its learning rates are :data:`LR_GRID` divided by T:
 AdamW's step length is about ``lr`` whatever the gradient's scale, so a batch then
 moves its weights about as far as one step at the other algorithms' rates.
-Every grid point gets the same epochs and seed; every knob
-three values.
+Every grid point gets the same epochs and seed; every knob three values.
 
 Datasets resolve to ``<repo>/../shared/datasets/<folder>`` (``--data-root``
 overrides the parent folder); a suite whose files are absent is skipped with a note.

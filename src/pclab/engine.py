@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import learning
-from .algorithms import ALGORITHMS, FPA, PC, Algorithm, Exact, Incremental, Problem, finite, raise_if_diverged
+from .algorithms import ALGORITHMS, FPA, PC, Algorithm, Exact, Incremental, Problem, raise_if_diverged
 from .energy import OutputLoss, get_loss
 from .errors import DivergenceError
 from .graph import OUTPUT, CapturedGraph, ValueNodePolicy, capture
@@ -195,10 +195,10 @@ class Backprop:
             out = self._forward(*inputs)
             target = self.loss.prepare(out, y)
             value = self.loss.per_example(out, target).mean()
-            if not finite(value):
+            loss = value.item()  # one host read serves the check and the result
+            if not math.isfinite(loss):
                 raise DivergenceError("non-finite loss; no gradient was written", node=OUTPUT, step=0)
             value.backward()
-        loss = float(value.detach())
         return StepResult(loss=loss, energy=loss, output=out.detach(), energies={OUTPUT: loss},
                           energy_trace=[loss], errors={})
 

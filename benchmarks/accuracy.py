@@ -17,7 +17,12 @@ its default would tune pc less than bp). Incremental PC steps the optimizer at
 each of its T ticks, so its learning rates are :data:`LR_GRID` divided by T:
 AdamW's step length is about ``lr`` whatever the gradient's scale, so a batch then
 moves its weights about as far as one step at the other algorithms' rates.
-Every grid point gets the same epochs and seed; every knob three values.
+Every grid point gets the same epochs and seed; every knob three values. Where the
+best point lies on the grid's edge the search walks on past it, one grid step at a
+time along that knob (the others held at the best point's), up to
+:data:`MAX_EDGE_STEPS` steps: an optimum at the edge says the grid was too small,
+not that the edge is best. Scores already in the results file for the same suite
+table, data and split are reused rather than rerun (``--retune`` reruns them).
 
 Datasets resolve to ``<repo>/../shared/datasets/<folder>`` (``--data-root``
 overrides the parent folder); a suite whose files are absent is skipped with a note.
@@ -71,6 +76,7 @@ RESULTS_MD = HERE / "RESULTS.md"
 ALGORITHMS = ("bp", "exact", "fpa", "pc", "incremental")
 LR_GRID = (3e-4, 1e-3, 3e-3)
 STEP_SIZE_FACTORS = (0.1, 0.3, 1.0)  # times the algorithm's default inference step size
+MAX_EDGE_STEPS = 2  # grid steps the tuning may walk past each edge of the grid
 VALIDATION_FRACTION = 0.1
 _IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -208,16 +214,65 @@ def tuning_grid(algorithm: str, steps: int) -> list[dict[str, float]]:
 
 
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
-          data_dir: Path | None, val: data_lib.Dataset, log, run_many: RunMany = _serial) -> dict[str, Any]:
-    """The grid point with the best validation accuracy (ties: the first in grid order); seed 0."""
-    grid = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps)
-    configs = [_config(suite, algorithm, variant, {**extra, **point, "seed": 0}, data_dir) for point in grid]
-    scores = []
-    for point, result in zip(grid, run_many(configs, val)):
-        scores.append(result["test_accuracy"])
-        log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(scores[-1])}")
-    best = max(range(len(grid)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))
-    return {"grid": grid, "validation_accuracy": scores, "chosen": grid[best]}
+          data_dir: Path | None, val: data_lib.Dataset, log, run_many: RunMany = _serial,
+          known: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """The point with the best validation accuracy (ties: the first evaluated); seed 0.
+
+    The grid first, then :func:`beyond_edge` until the best point is inside what was
+    evaluated. ``known`` maps :func:`_point` of a setting to a score measured earlier
+    with the same configuration; those settings are not rerun.
+    """
+    base = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps)
+    known = known or {}
+    points: list[dict[str, float]] = []
+    scores: list[float | None] = []
+    reused: list[int] = []
+    todo = base
+    while todo:
+        fresh = [p for p in todo if _point(p) not in known]
+        configs = [_config(suite, algorithm, variant, {**extra, **p, "seed": 0}, data_dir) for p in fresh]
+        results = dict(zip(map(_point, fresh), (r["test_accuracy"] for r in run_many(configs, val))))
+        for point in todo:
+            if _point(point) in results:
+                score = results[_point(point)]
+            else:
+                score = known[_point(point)]
+                reused.append(len(points))
+            points.append(point)
+            scores.append(score)
+            log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(score)}"
+                + (" (reused)" if _point(point) not in results else ""))
+        best = points[max(range(len(points)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))]
+        todo = beyond_edge(base, points, best)
+    return {"grid": points, "validation_accuracy": scores, "chosen": best, "base_grid_size": len(base),
+            "reused": reused}
+
+
+def beyond_edge(base: list[dict[str, float]], evaluated: list[dict[str, float]],
+                best: dict[str, float]) -> list[dict[str, float]]:
+    """The settings one grid step past the edge ``best`` lies on, along each knob it lies
+    there for, the other knobs as in ``best``; none once a knob has walked
+    :data:`MAX_EDGE_STEPS` steps past ``base``'s edge or the point was evaluated.
+
+    Grids are geometric, so a step is the ratio of the two values at that edge of ``base``.
+    """
+    seen = {_point(p) for p in evaluated}
+    out = []
+    for knob, value in best.items():
+        grid = sorted({p[knob] for p in base})
+        tried = sorted({p[knob] for p in evaluated})
+        if len(grid) < 2:
+            continue
+        if value == tried[0]:
+            ratio, beyond = grid[0] / grid[1], sum(v < grid[0] for v in tried)
+        elif value == tried[-1]:
+            ratio, beyond = grid[-1] / grid[-2], sum(v > grid[-1] for v in tried)
+        else:
+            continue
+        point = {**best, knob: float(f"{value * ratio:.3g}")}
+        if beyond < MAX_EDGE_STEPS and _point(point) not in seen:
+            out.append(point)
+    return out
 
 
 def _point(point: dict[str, float]) -> str:
@@ -227,11 +282,13 @@ def _point(point: dict[str, float]) -> str:
 def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[str, ...],
               extra: dict[str, Any], data_root: Path, tune: bool, meta: dict[str, Any] | None = None,
               save: Callable[[dict[str, Any]], None] | None = None, log=print,
-              run_many: RunMany = _serial) -> dict[str, Any]:
+              run_many: RunMany = _serial, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every (variant, algorithm, seed) of ``suite``; the entry ``accuracy.json`` holds for it.
 
     ``save`` gets the entry so far after every run (``"complete": false`` until the
-    last), so a run of hours that stops keeps what finished.
+    last), so a run of hours that stops keeps what finished. ``earlier`` is this
+    suite's entry from the results file: its tuning scores are reused where the
+    table, data and validation split are the same.
     """
     data_dir = _data_dir(suite, data_root)
     # One class-balanced subset (data seed 0) for every run, so seeds vary only the training.
@@ -254,12 +311,14 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
              "table_entry": {"config": suite.config, "per_algorithm": suite.per_algorithm,
                              "variants": suite.variants, "overrides": extra},
              "hyperparameters": hyper, "runs": runs, "complete": False}
+    known = _earlier_scores(earlier, entry) if tune else {}
     for label, variant in suite.variants.items():
         for algorithm in algorithms:
             chosen = dict(extra)
             if tune:
-                tuning[f"{label}/{algorithm}"] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log,
-                                                           run_many)
+                key = f"{label}/{algorithm}"
+                tuning[key] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log, run_many,
+                                        known.get(key))
                 chosen.update(t["chosen"])
             hyper[f"{label}/{algorithm}"] = _config(suite, algorithm, variant, chosen, data_dir).to_dict()
             configs = [_config(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir) for seed in seeds]
@@ -273,6 +332,17 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
                 if save is not None:
                     save(entry)
     return entry
+
+
+def _earlier_scores(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Validation scores per ``"<variant>/<algorithm>"`` and setting from ``earlier``,
+    when it was tuned on the same table, data and split as ``entry`` (seeds aside:
+    tuning uses seed 0 alone)."""
+    same = ("table_entry", "tuned", "train_examples", "test_examples", "validation_split")
+    if not earlier or any(earlier.get(k) != entry[k] for k in same):
+        return {}
+    return {key: {_point(p): a for p, a in zip(t["grid"], t["validation_accuracy"])}
+            for key, t in earlier.get("tuning", {}).items()}
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -478,9 +548,18 @@ def _tuning_lines(entry: dict[str, Any]) -> list[str]:
     split = entry["validation_split"]
     return [f"- tuned per algorithm on a validation split of the training set ({split['train']} train / "
             f"{split['validation']} validation, seed {split['seed']}); the test set was not looked at:",
-            *(f"  - {key}: chose {_point(t['chosen'])} from {len(t['grid'])} settings "
+            *(f"  - {key}: chose {_point(t['chosen'])} from {len(t['grid'])} settings{_searched(t)} "
               f"(validation accuracy {', '.join(f'{_point(p)}: {_fmt(a)}' for p, a in zip(t['grid'], t['validation_accuracy']))})"
               for key, t in entry["tuning"].items())]
+
+
+def _searched(tuning: dict[str, Any]) -> str:
+    """How the settings were found, for entries tuned past the grid's edge or with reused scores."""
+    base = tuning.get("base_grid_size", len(tuning["grid"]))
+    parts = [f"the grid's {base}, then {len(tuning['grid']) - base} past its edge"] if len(tuning["grid"]) > base else []
+    if tuning.get("reused"):
+        parts.append(f"{len(tuning['reused'])} scores reused from the results file's earlier run")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _render_speed(report: dict[str, Any], source: str) -> list[str]:
@@ -542,6 +621,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help=f"pick lr per algorithm from {LR_GRID} (divided by T for incremental) and the "
                              f"inference step size from {STEP_SIZE_FACTORS} x its default, on a validation "
                              "split of train")
+    parser.add_argument("--retune", action="store_true",
+                        help="with --tune: rerun every setting, even those the results file already scored")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help=f"default: {DATA_ROOT}")
     parser.add_argument("--json", type=Path, default=None,
                         help="results file, merged per suite (default: benchmarks/results/accuracy.json; "
@@ -604,9 +685,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             meta = {"date": started, "machine": machine(), "command": command}
             save = None if json_path is None else (lambda entry, name=name: _merge_into(json_path, name, entry))
+            earlier = None if args.retune or json_path is None or not json_path.is_file() else \
+                json.loads(json_path.read_text())["suites"].get(name)
             entry = run_suite(name, suite, seeds=seeds, algorithms=algorithms, extra=extra,
                               data_root=args.data_root, tune=args.tune, meta=meta, save=save,
-                              log=lambda s: print(s, flush=True), run_many=run_many)
+                              log=lambda s: print(s, flush=True), run_many=run_many, earlier=earlier)
             report["suites"][name] = entry
             print(table(entry), flush=True)
             if json_path is not None:

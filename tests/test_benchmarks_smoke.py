@@ -133,14 +133,50 @@ def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accurac
     for algorithm, size in (("bp", 3), ("pc", 9)):
         tuning = entry["tuning"][f"mlp 64-128-128-10/{algorithm}"]
         steps = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]["steps"]
-        assert tuning["grid"] == accuracy.tuning_grid(algorithm, steps) and len(tuning["grid"]) == size
-        assert len(tuning["validation_accuracy"]) == size and tuning["chosen"] in tuning["grid"]
+        base = accuracy.tuning_grid(algorithm, steps)
+        assert len(base) == size and tuning["grid"][:size] == base and tuning["base_grid_size"] == size
+        assert len(tuning["validation_accuracy"]) == len(tuning["grid"]) and tuning["chosen"] in tuning["grid"]
+        # the search stopped because the best setting is inside what it tried (or it walked its limit)
+        assert accuracy.beyond_edge(base, tuning["grid"], tuning["chosen"]) == []
+        assert len(tuning["grid"]) <= size + 2 * accuracy.MAX_EDGE_STEPS
         used = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]
         assert all(used[k] == v for k, v in tuning["chosen"].items())
     assert {p["step_size"] for p in accuracy.tuning_grid("pc", 20)} == {0.01, 0.03, 0.1}
     # incremental steps the optimizer at every tick: T times smaller rates, the same count
     assert ({p["lr"] for p in accuracy.tuning_grid("incremental", 20)}
             == {round(lr / 20, 12) for lr in accuracy.LR_GRID})
+
+
+def test_tuning_walks_past_the_edge_the_best_setting_lies_on(accuracy):
+    base = [{"lr": lr, "step_size": st} for lr in (3e-4, 1e-3, 3e-3) for st in (0.01, 0.03, 0.1)]
+    corner = {"lr": 3e-4, "step_size": 0.01}
+    # one grid step along each knob the best point is at the edge of, the other knob held
+    assert accuracy.beyond_edge(base, base, corner) == [{"lr": 9e-5, "step_size": 0.01},
+                                                        {"lr": 3e-4, "step_size": 0.00333}]
+    assert accuracy.beyond_edge(base, base, {"lr": 3e-3, "step_size": 0.03}) == [{"lr": 9e-3, "step_size": 0.03}]
+    assert accuracy.beyond_edge(base, base, {"lr": 1e-3, "step_size": 0.03}) == []
+    # at most MAX_EDGE_STEPS steps past the grid
+    walked = [*base, {"lr": 9e-5, "step_size": 0.01}, {"lr": 2.7e-5, "step_size": 0.01}]
+    assert accuracy.MAX_EDGE_STEPS == 2
+    assert accuracy.beyond_edge(base, walked, {"lr": 2.7e-5, "step_size": 0.03}) == []
+    # a setting already tried is not proposed again
+    assert accuracy.beyond_edge(base, walked, {"lr": 9e-5, "step_size": 0.03}) == []
+
+
+def test_tuning_reuses_scores_from_the_results_file_unless_told_to_retune(accuracy, tmp_path):
+    out = tmp_path / "tuned.json"
+    first = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--json", str(out)])
+    again = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--json", str(out)])
+    key = "mlp 64-128-128-10/bp"
+    t1, t2 = first["suites"]["digits-mlp"]["tuning"][key], again["suites"]["digits-mlp"]["tuning"][key]
+    assert t1["reused"] == [] and t2["reused"] == list(range(len(t1["grid"])))
+    assert (t2["grid"], t2["validation_accuracy"], t2["chosen"]) == (t1["grid"], t1["validation_accuracy"], t1["chosen"])
+    # a different table (here: more epochs) is a different experiment: nothing reused
+    other = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--epochs", "2", "--json", str(out)])
+    assert other["suites"]["digits-mlp"]["tuning"][key]["reused"] == []
+    retuned = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--epochs", "2", "--retune",
+                             "--json", str(out)])
+    assert retuned["suites"]["digits-mlp"]["tuning"][key]["reused"] == []
 
 
 def test_parallel_jobs_give_the_numbers_of_one_process(accuracy, tmp_path):

@@ -18,7 +18,8 @@ its ticks, not its optimizer steps). Peak memory is not sampled for compiled row
 
 Timings interleave all configurations over several rounds and keep each one's
 median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use bytes,
-sampled after every aten op, backward included) during a step.
+sampled after every aten op, backward included) during a step that starts with no
+gradients allocated: what the step needs beyond the parameters and optimizer state.
 
     python benchmarks/speed.py                 # full table, writes benchmarks/results/speed.json
     python benchmarks/speed.py --models "mlp 784-128-128-10" --json benchmarks/results/speed-mlp.json  # a subset, rendered beside it
@@ -109,8 +110,17 @@ class _PeakHeap(TorchDispatchMode):
         return out
 
 
-def _peak_bytes(step: Callable[[], None]) -> float:
+def _peak_bytes(step: Callable[[], None], model: nn.Module) -> float:
+    """Peak heap a step needs beyond the parameters and the optimizer state.
+
+    The last step's gradients are freed first: left in place, backprop's
+    ``zero_grad`` would free them inside the measured step and its new ones would
+    refill the hole, so its peak would count only its activations and a 2x
+    difference in activations would read as 10x.
+    """
     step()  # optimizer state and caches exist before measuring, as in training
+    for p in model.parameters():
+        p.grad = None
     with _PeakHeap() as mode:
         step()
     return float(mode.peak - mode.base)
@@ -185,7 +195,7 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
     t_bwd = max(t_fb - t_fwd, 1e-9)
     t_bp = med["bp:1"]
     memory = memory and not compiled
-    peak_bp = _peak_bytes(configs["bp:1"]) if memory else math.nan
+    peak_bp = _peak_bytes(configs["bp:1"], model) if memory else math.nan
     rows = []
     for (algorithm, steps), key in zip(algorithms, configs):
         t = med[key]
@@ -204,7 +214,7 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
             row["budget"] = "bp"
             row["vs_budget"] = t / t_bp
         if memory:
-            row["peak_memory_vs_bp"] = _peak_bytes(configs[key]) / max(peak_bp, 1.0)
+            row["peak_memory_vs_bp"] = _peak_bytes(configs[key], model) / max(peak_bp, 1.0)
         rows.append(row)
     return rows
 

@@ -326,7 +326,10 @@ class Incremental:
         trace = inference.EnergyTrace()
         try:
             for t in range(self.steps):
-                for p in problem.params:  # last tick's gradient is spent: free it before the next
+                # Last tick's gradients and feedback are spent: free them before the next
+                # tick allocates its own, or a tick holds two sets at its peak.
+                grads = fb = None
+                for p in problem.params:
                     p.grad = None
                 if t == 0:
                     feedforward, values, errors, loss_sum, fb, grads = first(problem, replay)

@@ -20,6 +20,9 @@ Timings interleave all configurations over several rounds and keep each one's
 median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use bytes,
 sampled after every aten op, backward included) during a step that starts with no
 gradients allocated: what the step needs beyond the parameters and optimizer state.
+The process keeps freed heap memory for reuse (:mod:`pclab.allocator`, as ``pclab
+train`` does) unless ``--default-malloc`` is given; both sides of every ratio run
+in the same process, under the same setting.
 
     python benchmarks/speed.py                 # full table, writes benchmarks/results/speed.json
     python benchmarks/speed.py --models "mlp 784-128-128-10" --json benchmarks/results/speed-mlp.json  # a subset, rendered beside it
@@ -48,6 +51,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import pclab
+import pclab.allocator
 from pclab import models
 
 
@@ -254,7 +258,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also measure every step with compile=True")
     parser.add_argument("--models", default=None, help=f"comma-separated subset of: {', '.join(c.name for c in CASES)}")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "speed.json")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's heap settings alone (by default the process keeps freed memory "
+                             "for reuse, as `pclab train` does: pclab.allocator.retain_freed_memory)")
     args = parser.parse_args(argv)
+    retained = not args.default_malloc and pclab.allocator.retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = [int(s) for s in args.steps.split(",")]
@@ -279,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "heap": "freed memory retained (pclab.allocator)" if retained else "glibc defaults"},
         "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
     }
     if not args.smoke:

@@ -105,6 +105,38 @@ def test_incremental_with_one_tick_and_sgd_is_one_backprop_step_on_the_output_la
 
 
 @pytest.mark.parametrize("graph", GRAPHS, ids=[g.name for g in GRAPHS])
+def test_incremental_pc_is_gradient_descent_on_the_energy_in_values_and_weights_at_once(graph):
+    """Each tick: every value moves by -step_size * dF/dv of its own example's energy, and
+    SGD moves the weights by -lr * dF/dtheta of the batch-mean energy, both at the same
+    state; F written out in full and differentiated by autograd is the reference."""
+    model, x, y = make(graph, torch.float64)
+    model.eval()  # dropout off: the reference must see the same network
+    reference = make(graph, torch.float64)[0].eval()
+    steps, step_size, lr, B = 4, 0.2, 0.05, y.shape[0]
+
+    captured = pclab.capture(reference, x)
+    params = list(captured.parameters)
+    _, _, values, _ = captured.forward_cut(*x)
+    values = [v.detach() for v in values]
+    for _ in range(steps):
+        values = [v.requires_grad_(True) for v in values]
+        out, *mus = captured.predict(*x, *values)
+        energy = sum(0.5 * (v - m).pow(2).sum() for v, m in zip(values, mus)) \
+            + F.cross_entropy(out, y, reduction="sum")
+        grads = torch.autograd.grad(energy / B, [*values, *params])
+        with torch.no_grad():
+            values = [v - step_size * B * g for v, g in zip(values, grads)]
+            for p, g in zip(params, grads[len(values):]):
+                p -= lr * g
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    pclab.PredictiveCoding(model, loss="ce", algorithm="incremental", steps=steps,
+                           step_size=step_size).step(x, y, optimizer=opt)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("graph", GRAPHS, ids=[g.name for g in GRAPHS])
 def test_recomputing_only_what_values_move_equals_recomputing_everything(graph):
     """Within a step, nodes no value influences are constants of inference (W1 x)."""
     model, x, _ = make(graph, torch.float64)

@@ -222,6 +222,8 @@ def _errors(values: list[Tensor], mus: list[Tensor]) -> list[Tensor]:
 
 
 def _scaled(tensors: Sequence[Tensor], factor: float) -> list[Tensor]:
+    if factor == 1.0:  # no pass over the tensors
+        return list(tensors)
     return torch._foreach_mul(list(tensors), factor) if tensors else []
 
 
@@ -326,28 +328,28 @@ class Incremental:
         trace = inference.EnergyTrace()
         try:
             for t in range(self.steps):
-                # Last tick's gradients and feedback are spent: free them before the next
+                # Last tick's gradients and VJP are spent: free them before the next
                 # tick allocates its own, or a tick holds two sets at its peak.
-                grads = fb = None
+                grads = vjp = None
                 for p in problem.params:
                     p.grad = None
                 if t == 0:
-                    feedforward, values, errors, loss_sum, fb, grads = first(problem, replay)
+                    feedforward, values, neg_errors, loss_sum, vjp, grads = first(problem, replay)
                     feedforward_loss = loss_sum.detach()
                 else:
-                    errors, loss_sum, fb, grads = following(problem, values, replay)
-                trace.record(errors, loss_sum)
+                    neg_errors, loss_sum, vjp, grads = following(problem, values, replay)
+                trace.record(neg_errors, loss_sum)  # norms: the sign does not matter
                 # Earlier ticks passed this check, so only this tick's energies need summing.
                 tick = checksum(trace.latest_sum(), grads)
                 if not finite(tick):
                     raise_if_diverged(g, trace.tensor(B), tick)
                 learning.assign(problem.params, grads)
                 optimizer.step()
-                values = _leaves(inference.value_update([v.detach() for v in values], errors, fb,
-                                                        self.step_size))
+                values = _leaves(inference.energy_descent([v.detach() for v in values], neg_errors, vjp,
+                                                          self.step_size, _cotangent_scale(problem, values)))
         finally:
             replay.close()
-        return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), None)
+        return Outcome(feedforward, feedforward_loss, _scaled(neg_errors, -1.0), trace.tensor(B), None)
 
     def _first(self, problem: Problem, replay: Replay) -> tuple[Any, ...]:
         """The forward pass, then the first tick's signals at its values."""
@@ -365,17 +367,26 @@ class Incremental:
 
     @staticmethod
     def _signals(problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
-        """Errors, summed loss, each value's feedback ``-dF/dv`` and each weight's ``dF/dtheta``."""
+        """``-e``, the summed loss, the energy's VJP at the values (for
+        :func:`inference.energy_descent`) and each weight's ``dF/dtheta``."""
         n, B = len(values), problem.batch_size
-        errors = _errors(values, mus)
+        neg_errors = _errors(mus, values)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
-        # One VJP for both, of the batch-mean energy: the weights get dF/dtheta as is,
-        # and only the (usually smaller) value gradients are rescaled into each
-        # example's feedback -dF/dv.
+        # One VJP for values and weights. Its cotangents' scale s scales both results:
+        # the weights want the batch mean (s = 1/B), the values per-example signals
+        # (s = 1). Whichever side is not served gets one rescaling pass, so the
+        # smaller side takes it.
+        s = _cotangent_scale(problem, values)
         d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
-                                [torch.full_like(loss_sum, 1.0 / B), *_scaled(errors, -1.0 / B)],
+                                [torch.full_like(loss_sum, s), *_scaled(neg_errors, s)],
                                 materialize_grads=True)
-        return errors, loss_sum.detach(), _scaled(d[:n], -float(B)), list(d[n:])
+        return neg_errors, loss_sum.detach(), list(d[:n]), _scaled(d[n:], 1.0 / (s * B))
+
+
+def _cotangent_scale(problem: Problem, values: Sequence[Tensor]) -> float:
+    """1 where the values outnumber the weights (convolutions, attention), else 1/B."""
+    outnumber = sum(v.numel() for v in values) > sum(p.numel() for p in problem.params)
+    return 1.0 if outnumber else 1.0 / problem.batch_size
 
 
 ALGORITHMS: dict[str, type] = {a.name: a for a in (Exact, FPA, PC, Incremental)}

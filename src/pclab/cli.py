@@ -30,7 +30,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from . import training
+from . import allocator, training
 from .data import DataError
 from .errors import DivergenceError
 
@@ -267,6 +267,7 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    allocator.retain_freed_memory()  # the lab's processes train for their whole life
     try:
         # standalone_mode=False: return instead of sys.exit, so tests and callers get the code.
         result = app(args=argv, prog_name="pclab", standalone_mode=False)

@@ -57,6 +57,22 @@ def value_update(values: Sequence[Tensor], errors: Sequence[Tensor], feedback: S
     return torch._foreach_add(values, step, alpha=step_size)
 
 
+def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor], vjp: Sequence[Tensor],
+                   step_size: float, scale: float) -> TensorList:
+    """``v_i <- v_i - eta * dF/dv_i``, the same move as :func:`value_update`, from the VJP
+    that also gives the weights their gradients.
+
+    ``vjp_i = scale * (dL/dv_i - sum_j J_ji^T e_j)`` is the energy's VJP with
+    cotangent ``scale`` for the loss and ``-scale * e_j`` for each prediction, so
+    ``dF/dv_i = e_i + vjp_i / scale``. Two fused passes over the values whatever the
+    scale, so the caller picks the scale that saves it a rescaling pass elsewhere.
+    """
+    if not values:
+        return []
+    scaled_grad = torch._foreach_sub(list(vjp), list(neg_errors), alpha=scale)  # scale * dF/dv
+    return torch._foreach_add(list(values), scaled_grad, alpha=-step_size / scale)
+
+
 def feedback(sent: Sequence[Tensor], errors_sent: Sequence[Tensor], receivers: Sequence[Tensor], *,
              retain_graph: bool) -> TensorList:
     """``sum_j J_ji^T e_j`` for every receiver ``i`` at once: one vector-Jacobian product.

@@ -34,7 +34,7 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
     gets zeros, as ``loss.backward()`` gives a used parameter.
     """
     outputs = list(predictions)
-    grad_outputs = [e.neg() / batch_size for e in errors]
+    grad_outputs = list(torch._foreach_mul(list(errors), -1.0 / batch_size)) if errors else []  # one pass each
     if loss_sum is not None:
         outputs.append(loss_sum)
         grad_outputs.append(torch.full_like(loss_sum, 1.0 / batch_size))

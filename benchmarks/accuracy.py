@@ -217,37 +217,38 @@ def tuning_grid(algorithm: str, steps: int) -> list[dict[str, float]]:
 
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
           data_dir: Path | None, val: data_lib.Dataset, log, run_many: RunMany = _serial,
-          known: dict[str, float | None] | None = None) -> dict[str, Any]:
+          known: Scores | None = None) -> dict[str, Any]:
     """The point with the best validation accuracy (ties: the first evaluated); seed 0.
 
     The grid first, then :func:`beyond_edge` until the best point is inside what was
-    evaluated. ``known`` maps :func:`_point` of a setting to a score measured earlier
-    with the same configuration; those settings are not rerun.
+    evaluated. ``known`` maps :func:`_point` of a setting to its scores measured
+    earlier with the same configuration; those settings are not rerun.
     """
     base = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps)
     known = known or {}
     points: list[dict[str, float]] = []
     scores: list[float | None] = []
+    curves: list[list[float] | None] = []  # validation accuracy after each epoch (None: not recorded)
     reused: list[int] = []
     todo = base
     while todo:
         fresh = [p for p in todo if _point(p) not in known]
         configs = [_config(suite, algorithm, variant, {**extra, **p, "seed": 0}, data_dir) for p in fresh]
-        results = dict(zip(map(_point, fresh), (r["test_accuracy"] for r in run_many(configs, val))))
+        results = dict(zip(map(_point, fresh), ((r["test_accuracy"], r.get("test_accuracy_per_epoch"))
+                                                for r in run_many(configs, val))))
         for point in todo:
-            if _point(point) in results:
-                score = results[_point(point)]
-            else:
-                score = known[_point(point)]
+            if _point(point) not in results:
                 reused.append(len(points))
+            score, curve = results.get(_point(point)) or known[_point(point)]
             points.append(point)
             scores.append(score)
+            curves.append(curve)
             log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(score)}"
                 + (" (reused)" if _point(point) not in results else ""))
         best = points[max(range(len(points)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))]
         todo = beyond_edge(base, points, best)
-    return {"grid": points, "validation_accuracy": scores, "chosen": best, "base_grid_size": len(base),
-            "reused": reused}
+    return {"grid": points, "validation_accuracy": scores, "validation_accuracy_per_epoch": curves,
+            "chosen": best, "base_grid_size": len(base), "reused": reused}
 
 
 def beyond_edge(base: list[dict[str, float]], evaluated: list[dict[str, float]],
@@ -336,14 +337,19 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
     return entry
 
 
-def _earlier_scores(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Validation scores per ``"<variant>/<algorithm>"`` and setting from ``earlier``,
-    when it was tuned on the same table, data and split as ``entry`` (seeds aside:
-    tuning uses seed 0 alone)."""
+Scores = dict[str, tuple[float | None, list[float] | None]]
+
+
+def _earlier_scores(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Scores]:
+    """Validation scores (final, and per epoch where recorded) per ``"<variant>/<algorithm>"``
+    and setting from ``earlier``, when it was tuned on the same table, data and split
+    as ``entry`` (seeds aside: tuning uses seed 0 alone)."""
     same = ("table_entry", "tuned", "train_examples", "test_examples", "validation_split")
     if not earlier or any(earlier.get(k) != entry[k] for k in same):
         return {}
-    return {key: {_point(p): a for p, a in zip(t["grid"], t["validation_accuracy"])}
+    return {key: {_point(p): (a, c) for p, a, c in
+                  zip(t["grid"], t["validation_accuracy"],
+                      t.get("validation_accuracy_per_epoch") or [None] * len(t["grid"]))}
             for key, t in earlier.get("tuning", {}).items()}
 
 

@@ -136,6 +136,8 @@ def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accurac
         base = accuracy.tuning_grid(algorithm, steps)
         assert len(base) == size and tuning["grid"][:size] == base and tuning["base_grid_size"] == size
         assert len(tuning["validation_accuracy"]) == len(tuning["grid"]) and tuning["chosen"] in tuning["grid"]
+        # the whole validation curve of each setting is kept (the final score is its last point)
+        assert [c[-1] for c in tuning["validation_accuracy_per_epoch"]] == tuning["validation_accuracy"]
         # the search stopped because the best setting is inside what it tried (or it walked its limit)
         assert accuracy.beyond_edge(base, tuning["grid"], tuning["chosen"]) == []
         assert len(tuning["grid"]) <= size + 2 * accuracy.MAX_EDGE_STEPS
@@ -171,6 +173,7 @@ def test_tuning_reuses_scores_from_the_results_file_unless_told_to_retune(accura
     t1, t2 = first["suites"]["digits-mlp"]["tuning"][key], again["suites"]["digits-mlp"]["tuning"][key]
     assert t1["reused"] == [] and t2["reused"] == list(range(len(t1["grid"])))
     assert (t2["grid"], t2["validation_accuracy"], t2["chosen"]) == (t1["grid"], t1["validation_accuracy"], t1["chosen"])
+    assert t2["validation_accuracy_per_epoch"] == t1["validation_accuracy_per_epoch"]
     # a different table (here: more epochs) is a different experiment: nothing reused
     other = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--epochs", "2", "--json", str(out)])
     assert other["suites"]["digits-mlp"]["tuning"][key]["reused"] == []

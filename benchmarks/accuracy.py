@@ -67,6 +67,9 @@ from pclab import data as data_lib
 from pclab.engine import make_algorithm
 from pclab.training import RunDiverged, TrainConfig, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when loaded by path
+from provenance import commit, cpu  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 DATA_ROOT = REPO_ROOT.parent / "shared" / "datasets"
@@ -395,15 +398,7 @@ def table(entry: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu(), "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
@@ -424,10 +419,11 @@ def _merge_into(path: Path, name: str, entry: dict[str, Any]) -> None:
 
 
 _SAME_SUITE_KEYS = ("seeds", "table_entry", "tuned", "train_examples", "test_examples")
+_PART_KEYS = ("algorithms", "date", "machine", "command", "commit")  # what each invocation records
 
 
 def _merge_entry(current: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any]:
-    part = {k: entry[k] for k in ("algorithms", "date", "machine", "command")}
+    part = {k: entry[k] for k in _PART_KEYS if k in entry}
     if current is None or any(current.get(k) != entry[k] for k in _SAME_SUITE_KEYS):
         return {**entry, "parts": [part]}
     mine = set(entry["algorithms"])
@@ -440,7 +436,7 @@ def _merge_entry(current: dict[str, Any] | None, entry: dict[str, Any]) -> dict[
     algorithms = sorted(mine | {r["algorithm"] for r in kept}, key=order.__getitem__)
     def others(table: dict[str, Any]) -> dict[str, Any]:  # keys are "<variant>/<algorithm>"
         return {k: v for k, v in table.items() if k.rsplit("/", 1)[1] not in mine}
-    earlier = current.get("parts") or [{k: current[k] for k in ("algorithms", "date", "machine", "command")}]
+    earlier = current.get("parts") or [{k: current[k] for k in _PART_KEYS if k in current}]
     parts = [{**p, "algorithms": [a for a in p["algorithms"] if a not in mine]}
              for p in earlier if set(p["algorithms"]) - mine]
     return {**entry, "algorithms": algorithms, "runs": runs, "summary": summarise(runs),
@@ -505,11 +501,13 @@ def _machine_line(m: dict[str, Any]) -> str:
 
 def _provenance(entry: dict[str, Any]) -> list[str]:
     parts = entry.get("parts") or [entry]
+    def code(p):
+        return f"; commit {p['commit']}" if p.get("commit") else ""
     if len(parts) == 1:
-        return [f"- date: {entry['date']}; machine: {_machine_line(entry['machine'])}",
+        return [f"- date: {entry['date']}{code(entry)}; machine: {_machine_line(entry['machine'])}",
                 f"- command (from the repository root): `{entry['command']}`"]
     return ["- run in parts (from the repository root):",
-            *(f"  - {', '.join(p['algorithms'])}: `{p['command']}`; date: {p['date']}; "
+            *(f"  - {', '.join(p['algorithms'])}: `{p['command']}`; date: {p['date']}{code(p)}; "
               f"machine: {_machine_line(p['machine'])}" for p in parts)]
 
 
@@ -576,7 +574,8 @@ def _render_speed(report: dict[str, Any], source: str) -> list[str]:
     models = sorted({r["model"] for r in report["rows"]})
     lines = ["## Speed: one training step against backprop" + ("" if source == "speed.json" else
                                                             f" ({', '.join(models)}, re-measured)"), "",
-             f"- date: {report['date']}; machine: {_machine_line(report['machine'])}",
+             f"- date: {report['date']}" + (f"; commit {report['commit']}" if report.get("commit") else "")
+             + f"; machine: {_machine_line(report['machine'])}",
              f"- command: `python benchmarks/{report['command']}`, batch {report['batch']}",
              f"- source: `benchmarks/results/{source}`", "",
              "| model | algorithm | T | compiled | ms/step | × bp | × budget | budget | peak memory × bp "
@@ -694,7 +693,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             algorithms = chosen[name]
             print(f"{name}: {', '.join(algorithms)} x {len(seeds)} seed(s)", flush=True)
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            meta = {"date": started, "machine": machine(), "command": command}
+            meta = {"date": started, "machine": machine(), "command": command, "commit": commit()}
             save = None if json_path is None else (lambda entry, name=name: _merge_into(json_path, name, entry))
             earlier = None if args.retune or json_path is None or not json_path.is_file() else \
                 json.loads(json_path.read_text())["suites"].get(name)

@@ -54,6 +54,9 @@ import pclab
 import pclab.allocator
 from pclab import models
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when loaded by path
+from provenance import commit, cpu  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Case:
@@ -286,10 +289,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "heap": "freed memory retained (pclab.allocator)" if retained else "glibc defaults"},
-        "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
+        "commit": commit(), "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
     }
     if not args.smoke:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -298,16 +301,6 @@ def main(argv: list[str] | None = None) -> dict:
         os.replace(tmp, args.json)
         print(f"wrote {args.json}")
     return result
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ def test_accuracy_smoke_writes_one_entry_per_run(accuracy, tmp_path):
     assert {r["algorithm"] for r in entry["summary"]} == {"bp", "pc"}
     assert set(entry["machine"]) >= {"cpu", "cores", "torch"}
     assert entry["command"].startswith("python benchmarks/accuracy.py --smoke")
+    # the code it ran: a commit, marked when tracked files were modified (None outside a git checkout)
+    assert entry["commit"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+modified)?", entry["commit"])
     assert entry["hyperparameters"]["mlp 64-128-128-10/pc"]["algorithm"] == "pc"
     on_disk = json.loads(out.read_text())
     assert on_disk["suites"]["digits-mlp"]["runs"] == entry["runs"]
@@ -62,7 +65,8 @@ def test_speed_smoke_rows():
     assert {r["algorithm"] for r in report["rows"]} == {"bp", "exact", "fpa", "pc", "incremental"}
     for row in report["rows"]:
         assert row["ms_per_step"] > 0 and row["vs_bp"] > 0
-    assert set(report["machine"]) >= {"cpu", "cores", "torch"}
+    assert set(report["machine"]) >= {"cpu", "cores", "torch", "heap"}
+    assert report["commit"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+modified)?", report["commit"])
 
 
 def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):

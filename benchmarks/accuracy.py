@@ -325,6 +325,8 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
                 key = f"{label}/{algorithm}"
                 tuning[key] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log, run_many,
                                         known.get(key))
+                if t["reused"]:  # say which run measured them: it may have run older code
+                    t["reused_from"] = _part_of(earlier, algorithm)
                 chosen.update(t["chosen"])
             hyper[f"{label}/{algorithm}"] = _config(suite, algorithm, variant, chosen, data_dir).to_dict()
             configs = [_config(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir) for seed in seeds]
@@ -354,6 +356,12 @@ def _earlier_scores(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> di
                   zip(t["grid"], t["validation_accuracy"],
                       t.get("validation_accuracy_per_epoch") or [None] * len(t["grid"]))}
             for key, t in earlier.get("tuning", {}).items()}
+
+
+def _part_of(entry: dict[str, Any], algorithm: str) -> dict[str, Any]:
+    """Date, command and commit of the invocation that ran ``algorithm`` in ``entry``."""
+    part = next((p for p in entry.get("parts") or [entry] if algorithm in p["algorithms"]), entry)
+    return {k: part[k] for k in ("date", "command", "commit") if k in part}
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -566,7 +574,10 @@ def _searched(tuning: dict[str, Any]) -> str:
     base = tuning.get("base_grid_size", len(tuning["grid"]))
     parts = [f"the grid's {base}, then {len(tuning['grid']) - base} past its edge"] if len(tuning["grid"]) > base else []
     if tuning.get("reused"):
-        parts.append(f"{len(tuning['reused'])} scores reused from the results file's earlier run")
+        source = tuning.get("reused_from", {})
+        when = f" of {source['date']}" + (f", commit {source['commit']}" if source.get("commit") else "") \
+            if source.get("date") else ""
+        parts.append(f"{len(tuning['reused'])} scores reused from the results file's earlier run{when}")
     return f" ({'; '.join(parts)})" if parts else ""
 
 

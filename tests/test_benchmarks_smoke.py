@@ -176,6 +176,7 @@ def test_tuning_reuses_scores_from_the_results_file_unless_told_to_retune(accura
     key = "mlp 64-128-128-10/bp"
     t1, t2 = first["suites"]["digits-mlp"]["tuning"][key], again["suites"]["digits-mlp"]["tuning"][key]
     assert t1["reused"] == [] and t2["reused"] == list(range(len(t1["grid"])))
+    assert t2["reused_from"]["date"] == first["suites"]["digits-mlp"]["date"]  # which run measured them
     assert (t2["grid"], t2["validation_accuracy"], t2["chosen"]) == (t1["grid"], t1["validation_accuracy"], t1["chosen"])
     assert t2["validation_accuracy_per_epoch"] == t1["validation_accuracy_per_epoch"]
     # a different table (here: more epochs) is a different experiment: nothing reused

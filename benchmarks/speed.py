@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "for reuse, as `pclab train` does: pclab.allocator.retain_freed_memory)")
     args = parser.parse_args(argv)
     retained = not args.default_malloc and pclab.allocator.retain_freed_memory()
+    code = commit()  # the code this process imports now, not what the tree holds when it ends
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = [int(s) for s in args.steps.split(",")]
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpu": cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "heap": "freed memory retained (pclab.allocator)" if retained else "glibc defaults"},
-        "commit": commit(), "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
+        "commit": code, "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
     }
     if not args.smoke:
         args.json.parent.mkdir(parents=True, exist_ok=True)

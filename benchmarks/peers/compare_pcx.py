@@ -197,7 +197,7 @@ def table(summary: dict, args: argparse.Namespace, n_timed: dict[str, list[int]]
 
 
 def machine() -> dict:
-    return {"cpu_model": harness.cpu_model(), "nproc": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu_model": harness.cpu(), "nproc": os.cpu_count(), "platform": platform.platform(),
             "loadavg_1_5_15": list(os.getloadavg())}
 
 

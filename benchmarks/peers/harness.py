@@ -36,6 +36,9 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared provenance helper
+from provenance import cpu  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "fashion-mnist"
 SMOKE_EXAMPLES = 512  # --smoke keeps this many train and test examples, and runs 1 epoch
@@ -94,16 +97,6 @@ def smoke_subset(cfg: Config, *arrays: Any) -> tuple[Any, ...]:
 # Machine ---------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def machine_info(extra: dict) -> dict:
     """This machine, with a peer's own fields (threads, XLA flags) before the load average."""
     try:
@@ -112,7 +105,7 @@ def machine_info(extra: dict) -> dict:
         nproc = os.cpu_count()
     return {
         "nproc": nproc,
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         **extra,

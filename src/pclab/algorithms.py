@@ -334,10 +334,10 @@ class Incremental:
                 for p in problem.params:
                     p.grad = None
                 if t == 0:
-                    feedforward, values, neg_errors, loss_sum, vjp, grads = first(problem, replay)
+                    feedforward, values, neg_errors, loss_sum, vjp, grads, scale = first(problem, replay)
                     feedforward_loss = loss_sum.detach()
                 else:
-                    neg_errors, loss_sum, vjp, grads = following(problem, values, replay)
+                    neg_errors, loss_sum, vjp, grads, scale = following(problem, values, replay)
                 trace.record(neg_errors, loss_sum)  # norms: the sign does not matter
                 # Earlier ticks passed this check, so only this tick's energies need summing.
                 tick = checksum(trace.latest_sum(), grads)
@@ -346,7 +346,7 @@ class Incremental:
                 learning.assign(problem.params, grads)
                 optimizer.step()
                 values = _leaves(inference.energy_descent([v.detach() for v in values], neg_errors, vjp,
-                                                          self.step_size, _cotangent_scale(problem, values)))
+                                                          self.step_size, scale))
         finally:
             replay.close()
         return Outcome(feedforward, feedforward_loss, _scaled(neg_errors, -1.0), trace.tensor(B), None)
@@ -367,8 +367,9 @@ class Incremental:
 
     @staticmethod
     def _signals(problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
-        """``-e``, the summed loss, the energy's VJP at the values (for
-        :func:`inference.energy_descent`) and each weight's ``dF/dtheta``."""
+        """``-e``, the summed loss, the energy's VJP at the values, each weight's
+        ``dF/dtheta``, and the VJP's cotangent scale (the VJP and the scale are what
+        :func:`inference.energy_descent` takes)."""
         n, B = len(values), problem.batch_size
         neg_errors = _errors(mus, values)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
@@ -380,7 +381,7 @@ class Incremental:
         d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
                                 [torch.full_like(loss_sum, s), *_scaled(neg_errors, s)],
                                 materialize_grads=True)
-        return neg_errors, loss_sum.detach(), list(d[:n]), _scaled(d[n:], 1.0 / (s * B))
+        return neg_errors, loss_sum.detach(), list(d[:n]), _scaled(d[n:], 1.0 / (s * B)), s
 
 
 def _cotangent_scale(problem: Problem, values: Sequence[Tensor]) -> float:

@@ -349,7 +349,7 @@ def _earlier_scores(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> di
     """Validation scores (final, and per epoch where recorded) per ``"<variant>/<algorithm>"``
     and setting from ``earlier``, when it was tuned on the same table, data and split
     as ``entry`` (seeds aside: tuning uses seed 0 alone)."""
-    same = ("table_entry", "tuned", "train_examples", "test_examples", "validation_split")
+    same = [k for k in _SAME_SUITE_KEYS if k != "seeds"] + ["validation_split"]
     if not earlier or any(earlier.get(k) != entry[k] for k in same):
         return {}
     return {key: {_point(p): (a, c) for p, a, c in

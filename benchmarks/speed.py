@@ -32,7 +32,6 @@ in the same process, under the same setting.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import json
 import math
@@ -85,23 +84,8 @@ CASES = [
 
 
 def _heap_in_use() -> int:
-    info = _MALLINFO2(_LIBC)
+    info = pclab.allocator.heap_info()
     return info.uordblks + info.hblkhd
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                 "uordblks", "fordblks", "keepcost")]
-
-
-_LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
-if _LIBC is not None:
-    _LIBC.mallinfo2.restype = _Mallinfo2
-
-
-def _MALLINFO2(libc):
-    return libc.mallinfo2()
 
 
 class _PeakHeap(TorchDispatchMode):
@@ -284,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     for case in cases:
         for compiled in (False, True) if args.compile else (False,):
             rows += measure(case, algorithms, args.batch, args.rounds, args.repeat,
-                            memory=_LIBC is not None, compiled=compiled)
+                            memory=pclab.allocator.heap_info() is not None, compiled=compiled)
         _against_eager(rows)
         print(_table([r for r in rows if r["model"] == case.name]), flush=True)
     result = {

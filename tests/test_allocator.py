@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import sys
 
 import pytest
@@ -10,20 +9,12 @@ import torch
 
 import pclab.allocator as allocator
 
-glibc = pytest.mark.skipif(allocator._glibc() is None, reason="glibc's mallopt/mallinfo2 only")
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                 "uordblks", "fordblks", "keepcost")]
+glibc = pytest.mark.skipif(allocator.heap_info() is None, reason="glibc's mallopt/mallinfo2 only")
 
 
 def _mapped_and_free() -> tuple[int, int]:
     """(bytes in mmapped blocks, free bytes kept inside the heap)."""
-    libc = allocator._glibc()
-    libc.mallinfo2.restype = _Mallinfo2
-    info = libc.mallinfo2()
+    info = allocator.heap_info()
     return info.hblkhd, info.fordblks
 
 

@@ -11,7 +11,8 @@ jemalloc or tcmalloc; this is the setting that needs neither.
 :func:`retain_freed_memory` raises glibc's mmap threshold to its maximum and its
 trim threshold far above a training step's working set, so freed blocks stay in
 the heap and are reused. The process keeps its peak heap instead of shrinking
-after each step. It is process-wide, so ``pclab train``, the lab's commands and the
+after each step (:func:`heap_info` reads glibc's counters, as the memory benchmark
+does). It is process-wide, so ``pclab train``, the lab's commands and the
 benchmarks call it once at start; a library user calls it the same way:
 
     >>> import pclab.allocator
@@ -33,6 +34,15 @@ MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit (DEFAULT_MMAP
 TRIM_THRESHOLD = 1 << 30
 
 
+class HeapInfo(ctypes.Structure):
+    """glibc's ``struct mallinfo2``: ``uordblks`` bytes in use inside the heap,
+    ``fordblks`` free bytes kept there, ``hblkhd`` bytes in mmapped blocks."""
+
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+
 @functools.lru_cache(maxsize=1)
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
@@ -42,9 +52,17 @@ def _glibc() -> ctypes.CDLL | None:
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         libc.mallopt.restype = ctypes.c_int
         libc.gnu_get_libc_version  # musl and others lack it: their mallopt differs
+        if hasattr(libc, "mallinfo2"):  # glibc 2.33+
+            libc.mallinfo2.restype = HeapInfo
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def heap_info() -> HeapInfo | None:
+    """The heap's counters now (glibc's ``mallinfo2``); ``None`` off glibc 2.33+."""
+    libc = _glibc()
+    return libc.mallinfo2() if libc is not None and hasattr(libc, "mallinfo2") else None
 
 
 def retain_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> bool:

@@ -21,8 +21,11 @@ Every grid point gets the same epochs and seed; every knob three values. Where t
 best point lies on the grid's edge the search walks on past it, one grid step at a
 time along that knob (the others held at the best point's), up to
 :data:`MAX_EDGE_STEPS` steps: an optimum at the edge says the grid was too small,
-not that the edge is best. Scores already in the results file for the same suite
-table, data and split are reused rather than rerun (``--retune`` reruns them).
+not that the edge is best. The chosen setting's validation curve then sets the
+epoch count (:func:`stop_epoch`: training stops where validation accuracy peaked),
+for every algorithm alike. Scores already in the results file for the same suite
+table, data and split are reused rather than rerun (``--retune`` reruns them); a
+reused chosen setting without a recorded curve is rerun once for it.
 
 Datasets resolve to ``<repo>/../shared/datasets/<folder>`` (``--data-root``
 overrides the parent folder); a suite whose files are absent is skipped with a note.
@@ -250,8 +253,25 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
                 + (" (reused)" if _point(point) not in results else ""))
         best = points[max(range(len(points)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))]
         todo = beyond_edge(base, points, best)
+    at = points.index(best)
+    rerun = curves[at] is None and scores[at] is not None
+    if rerun:  # scored by an earlier run that kept only the final accuracy
+        config = _config(suite, algorithm, variant, {**extra, **best, "seed": 0}, data_dir)
+        curves[at] = next(iter(run_many([config], val)))["test_accuracy_per_epoch"]
+        log(f"  tune {algorithm} {_point(best)}: reran for its validation curve")
     return {"grid": points, "validation_accuracy": scores, "validation_accuracy_per_epoch": curves,
-            "chosen": best, "base_grid_size": len(base), "reused": reused}
+            "chosen": best, "base_grid_size": len(base), "reused": reused,
+            "stop_epoch": stop_epoch(curves[at]), "stop_epoch_curve_rerun": rerun}
+
+
+def stop_epoch(curve: list[float | None] | None) -> int | None:
+    """The first epoch (from 1) at which ``curve`` peaks; None for a run without one (diverged).
+
+    Early stopping on validation: an algorithm that overfits is not charged for the
+    epochs after its peak, and every algorithm gets the same rule.
+    """
+    points = [(acc, -i) for i, acc in enumerate(curve or []) if acc is not None]
+    return -max(points)[1] + 1 if points else None
 
 
 def beyond_edge(base: list[dict[str, float]], evaluated: list[dict[str, float]],
@@ -328,6 +348,8 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
                 if t["reused"]:  # say which run measured them: it may have run older code
                     t["reused_from"] = _part_of(earlier, algorithm)
                 chosen.update(t["chosen"])
+                if t["stop_epoch"] is not None:
+                    chosen["epochs"] = t["stop_epoch"]
             hyper[f"{label}/{algorithm}"] = _config(suite, algorithm, variant, chosen, data_dir).to_dict()
             configs = [_config(suite, algorithm, variant, {**chosen, "seed": seed}, data_dir) for seed in seeds]
             for seed, result in zip(seeds, run_many(configs, dataset)):
@@ -564,9 +586,19 @@ def _tuning_lines(entry: dict[str, Any]) -> list[str]:
     split = entry["validation_split"]
     return [f"- tuned per algorithm on a validation split of the training set ({split['train']} train / "
             f"{split['validation']} validation, seed {split['seed']}); the test set was not looked at:",
-            *(f"  - {key}: chose {_point(t['chosen'])} from {len(t['grid'])} settings{_searched(t)} "
+            *(f"  - {key}: chose {_point(t['chosen'])} from {len(t['grid'])} settings{_searched(t)}{_stopped(t)} "
               f"(validation accuracy {', '.join(f'{_point(p)}: {_fmt(a)}' for p, a in zip(t['grid'], t['validation_accuracy']))})"
               for key, t in entry["tuning"].items())]
+
+
+def _stopped(tuning: dict[str, Any]) -> str:
+    """Where the chosen setting's validation curve peaked, for entries tuned with early stopping."""
+    if tuning.get("stop_epoch") is None:
+        return ""
+    curve = tuning["validation_accuracy_per_epoch"][tuning["grid"].index(tuning["chosen"])]
+    rerun = ", its curve from a rerun of that setting" if tuning.get("stop_epoch_curve_rerun") else ""
+    return (f", and {tuning['stop_epoch']} epochs: its validation accuracy peaked there "
+            f"({_fmt(curve[tuning['stop_epoch'] - 1])}, against {_fmt(curve[-1])} after all {len(curve)}{rerun})")
 
 
 def _searched(tuning: dict[str, Any]) -> str:
@@ -640,7 +672,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tune", action="store_true",
                         help=f"pick lr per algorithm from {LR_GRID} (divided by T for incremental) and the "
                              f"inference step size from {STEP_SIZE_FACTORS} x its default, on a validation "
-                             "split of train")
+                             "split of train; then the epoch count at which that setting's validation "
+                             "accuracy peaked")
     parser.add_argument("--retune", action="store_true",
                         help="with --tune: rerun every setting, even those the results file already scored")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help=f"default: {DATA_ROOT}")

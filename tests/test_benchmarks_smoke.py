@@ -147,10 +147,38 @@ def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accurac
         assert len(tuning["grid"]) <= size + 2 * accuracy.MAX_EDGE_STEPS
         used = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]
         assert all(used[k] == v for k, v in tuning["chosen"].items())
+        # the final runs stop where the chosen setting's validation curve peaked
+        curve = tuning["validation_accuracy_per_epoch"][tuning["grid"].index(tuning["chosen"])]
+        assert used["epochs"] == tuning["stop_epoch"] == accuracy.stop_epoch(curve)
+        assert not tuning["stop_epoch_curve_rerun"]
     assert {p["step_size"] for p in accuracy.tuning_grid("pc", 20)} == {0.01, 0.03, 0.1}
     # incremental steps the optimizer at every tick: T times smaller rates, the same count
     assert ({p["lr"] for p in accuracy.tuning_grid("incremental", 20)}
             == {round(lr / 20, 12) for lr in accuracy.LR_GRID})
+
+
+def test_early_stopping_takes_the_first_epoch_of_the_validation_peak(accuracy):
+    assert accuracy.stop_epoch([0.5, 0.7, 0.9, 0.8]) == 3  # overfits after epoch 3
+    assert accuracy.stop_epoch([0.5, 0.9, 0.9, 0.8]) == 2  # a tie goes to the shorter run
+    assert accuracy.stop_epoch([0.5, 0.6, 0.7]) == 3  # still rising: all the epochs
+    assert accuracy.stop_epoch([None]) is None and accuracy.stop_epoch(None) is None  # diverged
+
+
+def test_a_reused_choice_without_a_curve_is_rerun_for_its_curve(accuracy, tmp_path):
+    out = tmp_path / "tuned.json"
+    key = "mlp 64-128-128-10/bp"
+    first = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--epochs", "3", "--json", str(out)])
+    report = json.loads(out.read_text())
+    tuning = report["suites"]["digits-mlp"]["tuning"][key]
+    tuning["validation_accuracy_per_epoch"] = [None] * len(tuning["grid"])  # as older results files hold
+    out.write_text(json.dumps(report))
+    again = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--epochs", "3", "--json", str(out)])
+    t1, t2 = first["suites"]["digits-mlp"]["tuning"][key], again["suites"]["digits-mlp"]["tuning"][key]
+    assert t2["reused"] == list(range(len(t1["grid"]))) and t2["stop_epoch_curve_rerun"]
+    at = t2["grid"].index(t2["chosen"])
+    assert t2["validation_accuracy_per_epoch"][at] == t1["validation_accuracy_per_epoch"][at]
+    assert t2["stop_epoch"] == t1["stop_epoch"]
+    assert again["suites"]["digits-mlp"]["hyperparameters"][key]["epochs"] == t1["stop_epoch"]
 
 
 def test_tuning_walks_past_the_edge_the_best_setting_lies_on(accuracy):

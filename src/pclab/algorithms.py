@@ -107,7 +107,9 @@ def finite(scalar: Tensor) -> bool:
 def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> None:
     """Raise :class:`DivergenceError` naming the first node and step that went non-finite.
 
-    ``checksum`` is :func:`checksum`'s scalar: one host sync for the whole check.
+    ``checksum`` is a scalar finite exactly when the energies and gradients are
+    (:func:`checksum`, or :meth:`inference.EnergyTrace.record_checked` per tick): one
+    host sync for the whole check.
     """
     if finite(checksum):
         return
@@ -119,8 +121,10 @@ def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> 
             f"non-finite energy at node {names[node]!r} ({graph.origin.get(names[node], 'loss')}) "
             f"at inference step {step}; no gradient was written. Fix: lower step_size or the "
             "learning rate, or check the model for overflow.", node=names[node], step=step)
-    raise DivergenceError("non-finite weight gradient; no gradient was written. Fix: lower the "
-                          "learning rate or step_size.", node="parameters", step=len(trace) - 1)
+    step = len(trace) - 1
+    raise DivergenceError(f"a weight gradient went non-finite (or past float's range) at inference step "
+                          f"{step}; no gradient was written. Fix: lower the learning rate or step_size.",
+                          node="parameters", step=step)
 
 
 _schedule = functools.lru_cache(maxsize=128)(inference.frontier_schedule)
@@ -218,7 +222,10 @@ def _evaluate_moving(problem: Problem, values: list[Tensor], replay: Replay, fix
 
 
 def _errors(values: list[Tensor], mus: list[Tensor]) -> list[Tensor]:
-    return torch._foreach_sub([v.detach() for v in values], [m.detach() for m in mus]) if values else []
+    if not values:
+        return []
+    with torch.no_grad():  # errors are signals, outside every graph (and no detach op per tensor)
+        return torch._foreach_sub(list(values), list(mus))
 
 
 def _scaled(tensors: Sequence[Tensor], factor: float) -> list[Tensor]:
@@ -228,7 +235,8 @@ def _scaled(tensors: Sequence[Tensor], factor: float) -> list[Tensor]:
 
 
 def _leaves(tensors: list[Tensor]) -> list[Tensor]:
-    return [t.detach().requires_grad_(True) for t in tensors]
+    """Fresh tensors (the value rules compute without recording) made leaves to differentiate at."""
+    return [t.requires_grad_(True) for t in tensors]
 
 
 @dataclass(frozen=True)
@@ -276,8 +284,8 @@ class PC:
                 fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
                                         [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
                                         receivers, retain_graph=torch.compiler.is_compiling())
-                moved = inference.value_update([r.detach() for r in receivers],
-                                               [errors[i] for i in sweep.receivers], fb, self.step_size)
+                moved = inference.value_update(receivers, [errors[i] for i in sweep.receivers], fb,
+                                               self.step_size)
                 for i, v in zip(sweep.receivers, _leaves(moved)):
                     values[i] = v
             out, mus = _evaluate_moving(problem, values, replay, fixed, mus)
@@ -338,15 +346,14 @@ class Incremental:
                     feedforward_loss = loss_sum.detach()
                 else:
                     neg_errors, loss_sum, vjp, grads, scale = following(problem, values, replay)
-                trace.record(neg_errors, loss_sum)  # norms: the sign does not matter
-                # Earlier ticks passed this check, so only this tick's energies need summing.
-                tick = checksum(trace.latest_sum(), grads)
+                # Norms: the sign does not matter. Earlier ticks passed the check, so only
+                # this tick's energies need it.
+                tick = trace.record_checked(neg_errors, loss_sum, grads)
                 if not finite(tick):
                     raise_if_diverged(g, trace.tensor(B), tick)
                 learning.assign(problem.params, grads)
                 optimizer.step()
-                values = _leaves(inference.energy_descent([v.detach() for v in values], neg_errors, vjp,
-                                                          self.step_size, scale))
+                values = _leaves(inference.energy_descent(values, neg_errors, vjp, self.step_size, scale))
         finally:
             replay.close()
         return Outcome(feedforward, feedforward_loss, _scaled(neg_errors, -1.0), trace.tensor(B), None)

@@ -49,12 +49,14 @@ def value_update(values: Sequence[Tensor], errors: Sequence[Tensor], feedback: S
     """Energy descent on values: ``v_i <- v_i + eta * (-e_i + feedback_i)``.
 
     ``feedback`` here already carries the output's loss gradient (with a minus sign),
-    so ``-e_i + feedback_i = -dF/dv_i`` for the per-example energy ``F``.
+    so ``-e_i + feedback_i = -dF/dv_i`` for the per-example energy ``F``. Computed
+    without recording: the moved values are new leaves, not functions of the old.
     """
     if not values:
         return []
-    step = torch._foreach_sub(feedback, errors)
-    return torch._foreach_add(values, step, alpha=step_size)
+    with torch.no_grad():
+        step = torch._foreach_sub(list(feedback), list(errors))
+        return torch._foreach_add(list(values), step, alpha=step_size)
 
 
 def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor], vjp: Sequence[Tensor],
@@ -69,8 +71,9 @@ def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor], vjp: 
     """
     if not values:
         return []
-    scaled_grad = torch._foreach_sub(list(vjp), list(neg_errors), alpha=scale)  # scale * dF/dv
-    return torch._foreach_add(list(values), scaled_grad, alpha=-step_size / scale)
+    with torch.no_grad():  # as in value_update
+        scaled_grad = torch._foreach_sub(list(vjp), list(neg_errors), alpha=scale)  # scale * dF/dv
+        return torch._foreach_add(list(values), scaled_grad, alpha=-step_size / scale)
 
 
 def feedback(sent: Sequence[Tensor], errors_sent: Sequence[Tensor], receivers: Sequence[Tensor], *,
@@ -146,9 +149,18 @@ class EnergyTrace:
         self._norms.append(loss_sum.new_zeros(nodes))
         self._losses.append(loss_sum.detach())
 
-    def latest_sum(self) -> Tensor:
-        """Sum of the last evaluation's error norms and loss: finite exactly when its energies are."""
-        return self._norms[-1].sum() + self._losses[-1]
+    def record_checked(self, errors: Sequence[Tensor], loss_sum: Tensor, grads: Sequence[Tensor]) -> Tensor:
+        """:meth:`record`, and a scalar that is finite exactly when these energies and
+        ``grads`` are (a gradient whose norm passes float's range counts as diverged).
+
+        One fused norm over the errors and the gradients serves both: a tick of
+        incremental PC must check its gradients before the optimizer takes them, and
+        on a small model each extra op is a measurable part of the tick.
+        """
+        norms = _norms([*errors, *grads])
+        self._norms.append(norms[:len(errors)])
+        self._losses.append(loss_sum.detach())
+        return norms.sum() + loss_sum
 
     def tensor(self, batch_size: int) -> Tensor:
         """Shape ``(evaluations, nodes + 1)``: ``0.5 |e_i|^2`` per node, then the loss; batch means."""

@@ -55,6 +55,10 @@ def accumulate(params: Sequence[nn.Parameter], grads: GradList) -> None:
 
 
 def assign(params: Sequence[nn.Parameter], grads: GradList) -> None:
-    """Replace ``p.grad`` by ``grads`` (incremental PC steps the optimizer each tick)."""
+    """Replace ``p.grad`` by ``grads`` (incremental PC steps the optimizer each tick).
+
+    ``grads`` come from ``torch.autograd.grad`` without ``create_graph``, so they carry
+    no graph to detach from.
+    """
     for p, g in zip(params, grads):
-        p.grad = g.detach()
+        p.grad = g

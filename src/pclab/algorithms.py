@@ -108,8 +108,8 @@ def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> 
     """Raise :class:`DivergenceError` naming the first node and step that went non-finite.
 
     ``checksum`` is a scalar finite exactly when the energies and gradients are
-    (:func:`checksum`, or :meth:`inference.EnergyTrace.record_checked` per tick): one
-    host sync for the whole check.
+    (:func:`checksum`, or a sum of norms per tick of incremental PC): one host sync
+    for the whole check.
     """
     if finite(checksum):
         return
@@ -320,9 +320,9 @@ class Incremental:
         return self._ticks(problem, optimizer, self._first, self._next)
 
     def compiled(self, compile: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Outcome]:
-        """``run`` with each tick's signals through ``compile``; the optimizer steps
-        between ticks stay outside the compiled programs (one for the first tick, one
-        for the others)."""
+        """``run`` with each tick through ``compile`` (its errors, VJP, norms and value
+        move fused); the optimizer steps between ticks stay outside the compiled
+        programs (one for the first tick, one for the others)."""
         first, following = compile(self._first), compile(self._next)
         return lambda problem, optimizer=None: self._ticks(problem, optimizer, first, following)
 
@@ -336,47 +336,49 @@ class Incremental:
         trace = inference.EnergyTrace()
         try:
             for t in range(self.steps):
-                # Last tick's gradients and VJP are spent: free them before the next
-                # tick allocates its own, or a tick holds two sets at its peak.
-                grads = vjp = None
+                # Last tick's gradients are spent: free them before the next tick
+                # allocates its own, or a tick holds two sets at its peak.
+                grads = None
                 for p in problem.params:
                     p.grad = None
                 if t == 0:
-                    feedforward, values, neg_errors, loss_sum, vjp, grads, scale = first(problem, replay)
-                    feedforward_loss = loss_sum.detach()
+                    feedforward, values, neg_errors, loss_sum, grads, norms = first(problem, replay)
+                    feedforward_loss = loss_sum
                 else:
-                    neg_errors, loss_sum, vjp, grads, scale = following(problem, values, replay)
-                # Norms: the sign does not matter. Earlier ticks passed the check, so only
-                # this tick's energies need it.
-                tick = trace.record_checked(neg_errors, loss_sum, grads)
+                    values, neg_errors, loss_sum, grads, norms = following(problem, _leaves(values), replay)
+                trace.record_norms(norms[:len(neg_errors)], loss_sum)  # norms: the sign does not matter
+                # Finite exactly when this tick's energies and gradients are (a gradient
+                # whose norm passes float's range counts as diverged); earlier ticks passed.
+                tick = norms.sum() + loss_sum
                 if not finite(tick):
                     raise_if_diverged(g, trace.tensor(B), tick)
                 learning.assign(problem.params, grads)
                 optimizer.step()
-                values = _leaves(inference.energy_descent(values, neg_errors, vjp, self.step_size, scale))
         finally:
             replay.close()
         return Outcome(feedforward, feedforward_loss, _scaled(neg_errors, -1.0), trace.tensor(B), None)
 
     def _first(self, problem: Problem, replay: Replay) -> tuple[Any, ...]:
-        """The forward pass, then the first tick's signals at its values."""
+        """The forward pass, then the first tick at its values."""
         out, mus, values, _ = problem.graph.forward_cut(*problem.inputs)
         replay.first_done()
-        values = list(values)
-        # Values leave detached (the caller moves them): a returned leaf that autograd
-        # still tracks would split the compiled program.
-        return (out.detach(), [v.detach() for v in values], *self._signals(problem, values, out, list(mus)))
+        return (out.detach(), *self._tick(problem, list(values), out, list(mus)))
 
     def _next(self, problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Any, ...]:
-        """A later tick's signals: predictions recomputed from the moved values and new weights."""
+        """A later tick: predictions recomputed from the moved values and new weights."""
         out, mus = _evaluate(problem, values, replay)
-        return self._signals(problem, values, out, mus)
+        return self._tick(problem, values, out, mus)
 
-    @staticmethod
-    def _signals(problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
-        """``-e``, the summed loss, the energy's VJP at the values, each weight's
-        ``dF/dtheta``, and the VJP's cotangent scale (the VJP and the scale are what
-        :func:`inference.energy_descent` takes)."""
+    def _tick(self, problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
+        """One tick's signals and the value move: the moved values, ``-e``, the summed
+        loss, each weight's ``dF/dtheta``, and the norms of the errors then the
+        gradients (the trace's, and the divergence check's).
+
+        The value move does not wait for the optimizer: it uses this tick's VJP only,
+        so it is computed here, fused with the rest when compiled. The moved values
+        leave without autograd history (a returned tensor autograd still tracks would
+        split the compiled program); the caller makes them leaves for the next tick.
+        """
         n, B = len(values), problem.batch_size
         neg_errors = _errors(mus, values)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
@@ -388,7 +390,9 @@ class Incremental:
         d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
                                 [torch.full_like(loss_sum, s), *_scaled(neg_errors, s)],
                                 materialize_grads=True)
-        return neg_errors, loss_sum.detach(), list(d[:n]), _scaled(d[n:], 1.0 / (s * B)), s
+        grads = _scaled(d[n:], 1.0 / (s * B))
+        moved = inference.energy_descent(values, neg_errors, d[:n], self.step_size, s)
+        return moved, neg_errors, loss_sum.detach(), grads, inference.norms([*neg_errors, *grads])
 
 
 def _cotangent_scale(problem: Problem, values: Sequence[Tensor]) -> float:

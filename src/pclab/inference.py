@@ -141,35 +141,27 @@ class EnergyTrace:
         self._losses: list[Tensor] = []
 
     def record(self, errors: Sequence[Tensor], loss_sum: Tensor) -> None:
-        self._norms.append(_norms(errors) if errors else loss_sum.new_zeros(0))
+        self.record_norms(norms(errors) if errors else loss_sum.new_zeros(0), loss_sum)
+
+    def record_norms(self, error_norms: Tensor, loss_sum: Tensor) -> None:
+        """Record an evaluation from its errors' :func:`norms`, taken where they were
+        computed (inside a compiled tick, fused with the errors)."""
+        self._norms.append(error_norms)
         self._losses.append(loss_sum.detach())
 
     def record_at_rest(self, nodes: int, loss_sum: Tensor) -> None:
         """Record an evaluation where every value sits at its prediction (all errors zero)."""
-        self._norms.append(loss_sum.new_zeros(nodes))
-        self._losses.append(loss_sum.detach())
-
-    def record_checked(self, errors: Sequence[Tensor], loss_sum: Tensor, grads: Sequence[Tensor]) -> Tensor:
-        """:meth:`record`, and a scalar that is finite exactly when these energies and
-        ``grads`` are (a gradient whose norm passes float's range counts as diverged).
-
-        One fused norm over the errors and the gradients serves both: a tick of
-        incremental PC must check its gradients before the optimizer takes them, and
-        on a small model each extra op is a measurable part of the tick.
-        """
-        norms = _norms([*errors, *grads])
-        self._norms.append(norms[:len(errors)])
-        self._losses.append(loss_sum.detach())
-        return norms.sum() + loss_sum
+        self.record_norms(loss_sum.new_zeros(nodes), loss_sum)
 
     def tensor(self, batch_size: int) -> Tensor:
         """Shape ``(evaluations, nodes + 1)``: ``0.5 |e_i|^2`` per node, then the loss; batch means."""
-        norms = torch.stack(self._norms)
-        losses = torch.stack(self._losses).to(norms.dtype)
-        return torch.cat([0.5 * norms.pow(2), losses[:, None]], dim=1) / batch_size
+        stacked = torch.stack(self._norms)
+        losses = torch.stack(self._losses).to(stacked.dtype)
+        return torch.cat([0.5 * stacked.pow(2), losses[:, None]], dim=1) / batch_size
 
 
-def _norms(tensors: Sequence[Tensor]) -> Tensor:
+def norms(tensors: Sequence[Tensor]) -> Tensor:
+    """The 2-norm of each tensor, stacked: one fused pass (one reduction each under compile)."""
     if torch.compiler.is_compiling():
         # Inductor has no fused lowering of _foreach_norm (it would run one kernel
         # per tensor, outside the fused code); plain reductions fuse.

@@ -265,3 +265,23 @@ def test_a_run_records_pclabs_warnings(accuracy):
     calm = accuracy._run_one(TrainConfig(data="digits", algorithm="pc", steps=5, step_size=0.01, epochs=1,
                                          device="cpu"), dataset)
     assert calm["warnings"] == []
+
+
+def test_a_result_records_its_code_modified_only_by_code_not_by_benchmark_outputs(tmp_path, monkeypatch):
+    provenance = _load("provenance")
+    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    git("init", "-q")
+    for path in ("src/lib.py", "benchmarks/results/speed.json", "benchmarks/RESULTS.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    clean = provenance.commit()
+    assert clean and not clean.endswith("+modified")
+    # another run writing its results leaves the code as committed
+    (tmp_path / "benchmarks/results/speed.json").write_text("1\n")
+    (tmp_path / "benchmarks/RESULTS.md").write_text("1\n")
+    assert provenance.commit() == clean
+    (tmp_path / "src/lib.py").write_text("1\n")
+    assert provenance.commit() == clean + "+modified"

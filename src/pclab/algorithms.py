@@ -336,9 +336,9 @@ class Incremental:
         trace = inference.EnergyTrace()
         try:
             for t in range(self.steps):
-                # Last tick's gradients are spent: free them before the next tick
+                # Last tick's gradients and errors are spent: free them before this tick
                 # allocates its own, or a tick holds two sets at its peak.
-                grads = None
+                grads = neg_errors = None
                 for p in problem.params:
                     p.grad = None
                 if t == 0:
@@ -362,23 +362,22 @@ class Incremental:
         """The forward pass, then the first tick at its values."""
         out, mus, values, _ = problem.graph.forward_cut(*problem.inputs)
         replay.first_done()
-        return (out.detach(), *self._tick(problem, list(values), out, list(mus)))
+        feedforward, values = out.detach(), list(values)
+        signals = self._signals(problem, values, out, list(mus))
+        del out, mus  # spent: freed before the value move allocates (eager mode's peak)
+        return (feedforward, *self._move(values, *signals))
 
     def _next(self, problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Any, ...]:
         """A later tick: predictions recomputed from the moved values and new weights."""
         out, mus = _evaluate(problem, values, replay)
-        return self._tick(problem, values, out, mus)
+        signals = self._signals(problem, values, out, mus)
+        del out, mus  # as in _first
+        return self._move(values, *signals)
 
-    def _tick(self, problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
-        """One tick's signals and the value move: the moved values, ``-e``, the summed
-        loss, each weight's ``dF/dtheta``, and the norms of the errors then the
-        gradients (the trace's, and the divergence check's).
-
-        The value move does not wait for the optimizer: it uses this tick's VJP only,
-        so it is computed here, fused with the rest when compiled. The moved values
-        leave without autograd history (a returned tensor autograd still tracks would
-        split the compiled program); the caller makes them leaves for the next tick.
-        """
+    @staticmethod
+    def _signals(problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
+        """``-e``, the summed loss, the energy's VJP at the values, each weight's
+        ``dF/dtheta``, and the VJP's cotangent scale (what :meth:`_move` takes)."""
         n, B = len(values), problem.batch_size
         neg_errors = _errors(mus, values)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
@@ -390,9 +389,20 @@ class Incremental:
         d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
                                 [torch.full_like(loss_sum, s), *_scaled(neg_errors, s)],
                                 materialize_grads=True)
-        grads = _scaled(d[n:], 1.0 / (s * B))
-        moved = inference.energy_descent(values, neg_errors, d[:n], self.step_size, s)
-        return moved, neg_errors, loss_sum.detach(), grads, inference.norms([*neg_errors, *grads])
+        return neg_errors, loss_sum.detach(), list(d[:n]), _scaled(d[n:], 1.0 / (s * B)), s
+
+    def _move(self, values: list[Tensor], neg_errors: list[Tensor], loss_sum: Tensor, vjp: list[Tensor],
+              grads: list[Tensor], scale: float) -> tuple[Any, ...]:
+        """The moved values, ``-e``, the summed loss, the weight gradients, and the norms
+        of the errors then the gradients (the trace's, and the divergence check's).
+
+        The value move does not wait for the optimizer: it uses this tick's VJP only,
+        so it is computed inside the tick, fused with the rest when compiled. The moved
+        values leave without autograd history (a returned tensor autograd still tracks
+        would split the compiled program); the caller makes them leaves for the next tick.
+        """
+        moved = inference.energy_descent(values, neg_errors, vjp, self.step_size, scale)
+        return moved, neg_errors, loss_sum, grads, inference.norms([*neg_errors, *grads])
 
 
 def _cotangent_scale(problem: Problem, values: Sequence[Tensor]) -> float:

@@ -19,18 +19,21 @@ def cpu() -> str:
     return platform.processor()
 
 
-# Benchmark outputs: a run still writing its results does not make the next run's code modified.
+# What a benchmark runs: the library, the scripts and the pinned dependencies. Edits
+# elsewhere (the README, docs) and benchmark outputs (a run still writing its results)
+# do not make a run's code modified.
+CODE = ("src", "benchmarks", "pyproject.toml", "constraints.txt")
 OUTPUTS = ("benchmarks/results", "benchmarks/RESULTS.md", "benchmarks/peers/results")
 
 
 def commit() -> str | None:
-    """The checked-out commit, ``+modified`` when tracked files other than benchmark
-    outputs differ from it; None without git."""
+    """The checked-out commit, ``+modified`` when tracked code (:data:`CODE`, less
+    :data:`OUTPUTS`) differs from it; None without git."""
     try:
         head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no",
-                                "--", ".", *(f":!{path}" for path in OUTPUTS)],
+                                "--", *CODE, *(f":!{path}" for path in OUTPUTS)],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -267,11 +267,11 @@ def test_a_run_records_pclabs_warnings(accuracy):
     assert calm["warnings"] == []
 
 
-def test_a_result_records_its_code_modified_only_by_code_not_by_benchmark_outputs(tmp_path, monkeypatch):
+def test_a_result_records_its_code_modified_only_by_code_not_by_docs_or_benchmark_outputs(tmp_path, monkeypatch):
     provenance = _load("provenance")
     git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
     git("init", "-q")
-    for path in ("src/lib.py", "benchmarks/results/speed.json", "benchmarks/RESULTS.md"):
+    for path in ("src/lib.py", "benchmarks/results/speed.json", "benchmarks/RESULTS.md", "README.md"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("0\n")
     git("add", "-A")
@@ -282,6 +282,7 @@ def test_a_result_records_its_code_modified_only_by_code_not_by_benchmark_output
     # another run writing its results leaves the code as committed
     (tmp_path / "benchmarks/results/speed.json").write_text("1\n")
     (tmp_path / "benchmarks/RESULTS.md").write_text("1\n")
+    (tmp_path / "README.md").write_text("1\n")  # nor does editing the docs
     assert provenance.commit() == clean
     (tmp_path / "src/lib.py").write_text("1\n")
     assert provenance.commit() == clean + "+modified"

@@ -394,8 +394,9 @@ def plot(records: list[dict], config: CatapultConfig, out: Path) -> list[Path]:
             ax_sharp.plot(steps, [e["sharpness"] for e in r["evals"]], "o-", ms=3, color=colour)
             ax_sharp.axhline(r["two_over_lr"], color=colour, ls="--", lw=0.8)
         ax_loss.set_yscale("log")
-        ax_loss.set_xscale("symlog", linthresh=10)
-        ax_sharp.set_xscale("symlog", linthresh=10)
+        for ax in (ax_loss, ax_sharp):
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlim(left=0)  # steps start at 0; symlog's margin would show negative steps
         ax_loss.set_xlabel("step")
         ax_loss.set_ylabel("training loss (MSE)")
         ax_loss.set_title(f"{alg}, width {widest}, seed {seed}")

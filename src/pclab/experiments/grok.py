@@ -355,6 +355,7 @@ def plot(records: list[dict], config: GrokConfig, out: Path) -> list[Path]:
             ax.plot([p[0] for p in pts], [p[1]["steps_to_val"] for p in pts], "o-", label=f"{alg} val, f={f:g}")
             ax.plot([p[0] for p in pts], [p[1]["steps_to_train"] for p in pts], "x--", label=f"{alg} train, f={f:g}")
     ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)  # weight decays are >= 0; symlog's margin would show negative ones
     ax.set_yscale("log")
     ax.set_xlabel("weight decay")
     ax.set_ylabel("steps to 99% (missing: not reached)")

@@ -615,8 +615,11 @@ def _searched(tuning: dict[str, Any]) -> str:
 
 def _render_speed(report: dict[str, Any], source: str) -> list[str]:
     models = sorted({r["model"] for r in report["rows"]})
+    default_heap = report["machine"].get("heap") == "glibc defaults"  # speed.py --default-malloc
     lines = ["## Speed: one training step against backprop" + ("" if source == "speed.json" else
-                                                            f" ({', '.join(models)}, re-measured)"), "",
+                                                            f" ({', '.join(models)}, re-measured"
+                                                            + (", glibc's default heap)" if default_heap else ")")),
+             "",
              f"- date: {report['date']}" + (f"; commit {report['commit']}" if report.get("commit") else "")
              + f"; machine: {_machine_line(report['machine'])}",
              f"- command: `python benchmarks/{report['command']}`, batch {report['batch']}",

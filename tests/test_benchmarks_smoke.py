@@ -93,6 +93,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     (results / "speed.json").write_text(json.dumps(speed))
     again = {**speed, "rows": [{**speed["rows"][0], "model": "mlp", "vs_budget": 0.5}]}
     (results / "speed-mlp.json").write_text(json.dumps(again))
+    default_heap = {**again, "machine": {**speed["machine"], "heap": "glibc defaults"}}
+    (results / "speed-mlp-default-malloc.json").write_text(json.dumps(default_heap))
     pcx = {"date_utc": "2000-01-03T00:00:00+00:00", "command": "python compare_pcx.py --fabricated",
            "machine": {"cpu_model": "Fabricated CPU 9000", "nproc": 7},
            "versions": {"torch_threads": 3}, "table": [["steps/s", "123.4", "567.8"]]}
@@ -113,6 +115,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     assert "Runs in which pclab warned (the messages are in the JSON): m / pc seed 1." in text
     # A re-measured subset of speed.py's models gets its own section next to the full table.
     assert "(mlp, re-measured)" in text and "| 1.23 | 4.32 | 0.50 |" in text
+    # one re-measured without pclab's heap setting says so in its heading
+    assert "(mlp, re-measured, glibc's default heap)" in text
     # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.
     assert "| steps/s | 11.1 | 22.2 |" in text and "both on 1 core\n" in text
     assert "both pinned to cores 0-0" in text and "smoke" not in text

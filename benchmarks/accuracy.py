@@ -270,8 +270,8 @@ def stop_epoch(curve: list[float | None] | None) -> int | None:
     Early stopping on validation: an algorithm that overfits is not charged for the
     epochs after its peak, and every algorithm gets the same rule.
     """
-    points = [(acc, -i) for i, acc in enumerate(curve or []) if acc is not None]
-    return -max(points)[1] + 1 if points else None
+    scored = [acc for acc in curve or [] if acc is not None]
+    return curve.index(max(scored)) + 1 if scored else None
 
 
 def beyond_edge(base: list[dict[str, float]], evaluated: list[dict[str, float]],
@@ -615,11 +615,11 @@ def _searched(tuning: dict[str, Any]) -> str:
 
 def _render_speed(report: dict[str, Any], source: str) -> list[str]:
     models = sorted({r["model"] for r in report["rows"]})
-    default_heap = report["machine"].get("heap") == "glibc defaults"  # speed.py --default-malloc
-    lines = ["## Speed: one training step against backprop" + ("" if source == "speed.json" else
-                                                            f" ({', '.join(models)}, re-measured"
-                                                            + (", glibc's default heap)" if default_heap else ")")),
-             "",
+    subset = [", ".join(models), "re-measured"]
+    if report["machine"].get("heap") == "glibc defaults":  # speed.py --default-malloc
+        subset.append("glibc's default heap")
+    lines = ["## Speed: one training step against backprop"
+             + ("" if source == "speed.json" else f" ({', '.join(subset)})"), "",
              f"- date: {report['date']}" + (f"; commit {report['commit']}" if report.get("commit") else "")
              + f"; machine: {_machine_line(report['machine'])}",
              f"- command: `python benchmarks/{report['command']}`, batch {report['batch']}",

@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "for reuse, as `pclab train` does: pclab.allocator.retain_freed_memory)")
     args = parser.parse_args(argv)
     retained = not args.default_malloc and pclab.allocator.retain_freed_memory()
+    sample_memory = pclab.allocator.heap_info() is not None  # glibc's counters are there to sample
     code = commit()  # the code this process imports now, not what the tree holds when it ends
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     for case in cases:
         for compiled in (False, True) if args.compile else (False,):
             rows += measure(case, algorithms, args.batch, args.rounds, args.repeat,
-                            memory=pclab.allocator.heap_info() is not None, compiled=compiled)
+                            memory=sample_memory, compiled=compiled)
         _against_eager(rows)
         print(_table([r for r in rows if r["model"] == case.name]), flush=True)
     result = {

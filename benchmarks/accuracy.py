@@ -17,6 +17,10 @@ its default would tune pc less than bp). Incremental PC steps the optimizer at
 each of its T ticks, so its learning rates are :data:`LR_GRID` divided by T:
 AdamW's step length is about ``lr`` whatever the gradient's scale, so a batch then
 moves its weights about as far as one step at the other algorithms' rates.
+Then, at the best of those settings, the weight decay from
+:data:`WEIGHT_DECAY_GRID` (:func:`weight_decay_grid`), against none: an algorithm
+that overfits (incremental PC takes T optimizer steps per batch) gets the same
+remedy to choose as the others.
 Every grid point gets the same epochs and seed; every knob three values. Where the
 best point lies on the grid's edge the search walks on past it, one grid step at a
 time along that knob (the others held at the best point's), up to
@@ -83,6 +87,7 @@ RESULTS_MD = HERE / "RESULTS.md"
 ALGORITHMS = ("bp", "exact", "fpa", "pc", "incremental")
 LR_GRID = (3e-4, 1e-3, 3e-3)
 STEP_SIZE_FACTORS = (0.1, 0.3, 1.0)  # times the algorithm's default inference step size
+WEIGHT_DECAY_GRID = (0.1, 0.3, 1.0)  # AdamW's decoupled decay (shrinks by lr x decay per step)
 MAX_EDGE_STEPS = 2  # grid steps the tuning may walk past each edge of the grid
 VALIDATION_FRACTION = 0.1
 _IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -221,38 +226,58 @@ def tuning_grid(algorithm: str, steps: int) -> list[dict[str, float]]:
             for lr in LR_GRID for f in STEP_SIZE_FACTORS]
 
 
+def weight_decay_grid(best: dict[str, float]) -> list[dict[str, float]]:
+    """The settings ``--tune`` tries second: :data:`WEIGHT_DECAY_GRID` at ``best``, the
+    best point of :func:`tuning_grid` (which ran without decay).
+
+    One knob at a time keeps the cost at three runs more per algorithm rather than three
+    times as many. Decoupled decay shrinks weights by ``lr * decay`` per optimizer step,
+    so incremental's T-times smaller rate over T times more steps decays a batch's
+    weights as far as the other algorithms do: one grid serves all.
+    """
+    return [{**best, "weight_decay": wd} for wd in WEIGHT_DECAY_GRID]
+
+
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
           data_dir: Path | None, val: data_lib.Dataset, log, run_many: RunMany = _serial,
           known: Scores | None = None) -> dict[str, Any]:
     """The point with the best validation accuracy (ties: the first evaluated); seed 0.
 
-    The grid first, then :func:`beyond_edge` until the best point is inside what was
-    evaluated. ``known`` maps :func:`_point` of a setting to its scores measured
+    :func:`tuning_grid` first, then :func:`weight_decay_grid` at its best point; each
+    followed by :func:`beyond_edge` until the best point is inside what was evaluated
+    (no decay stays the choice unless some decay scores higher). ``known`` maps :func:`_point` of a setting to its scores measured
     earlier with the same configuration; those settings are not rerun.
     """
-    base = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps)
     known = known or {}
     points: list[dict[str, float]] = []
     scores: list[float | None] = []
     curves: list[list[float] | None] = []  # validation accuracy after each epoch (None: not recorded)
     reused: list[int] = []
-    todo = base
-    while todo:
-        fresh = [p for p in todo if _point(p) not in known]
-        configs = [_config(suite, algorithm, variant, {**extra, **p, "seed": 0}, data_dir) for p in fresh]
-        results = dict(zip(map(_point, fresh), ((r["test_accuracy"], r.get("test_accuracy_per_epoch"))
-                                                for r in run_many(configs, val))))
-        for point in todo:
-            if _point(point) not in results:
-                reused.append(len(points))
-            score, curve = results.get(_point(point)) or known[_point(point)]
-            points.append(point)
-            scores.append(score)
-            curves.append(curve)
-            log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(score)}"
-                + (" (reused)" if _point(point) not in results else ""))
-        best = points[max(range(len(points)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))]
-        todo = beyond_edge(base, points, best)
+
+    def search(base: list[dict[str, float]]) -> dict[str, float]:
+        todo = base
+        while todo:
+            fresh = [p for p in todo if _point(p) not in known]
+            configs = [_config(suite, algorithm, variant, {**extra, **p, "seed": 0}, data_dir) for p in fresh]
+            results = dict(zip(map(_point, fresh), ((r["test_accuracy"], r.get("test_accuracy_per_epoch"))
+                                                    for r in run_many(configs, val))))
+            for point in todo:
+                if _point(point) not in results:
+                    reused.append(len(points))
+                score, curve = results.get(_point(point)) or known[_point(point)]
+                points.append(point)
+                scores.append(score)
+                curves.append(curve)
+                log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(score)}"
+                    + (" (reused)" if _point(point) not in results else ""))
+            best = points[max(range(len(points)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))]
+            todo = beyond_edge(base, points, best)
+        return best
+
+    base = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps)
+    best = search(base)
+    decay = weight_decay_grid(best)
+    best = search(decay)
     at = points.index(best)
     rerun = curves[at] is None and scores[at] is not None
     if rerun:  # scored by an earlier run that kept only the final accuracy
@@ -260,7 +285,7 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
         curves[at] = next(iter(run_many([config], val)))["test_accuracy_per_epoch"]
         log(f"  tune {algorithm} {_point(best)}: reran for its validation curve")
     return {"grid": points, "validation_accuracy": scores, "validation_accuracy_per_epoch": curves,
-            "chosen": best, "base_grid_size": len(base), "reused": reused,
+            "chosen": best, "base_grid_size": len(base) + len(decay), "reused": reused,
             "stop_epoch": stop_epoch(curves[at]), "stop_epoch_curve_rerun": rerun}
 
 
@@ -286,7 +311,7 @@ def beyond_edge(base: list[dict[str, float]], evaluated: list[dict[str, float]],
     out = []
     for knob, value in best.items():
         grid = sorted({p[knob] for p in base})
-        tried = sorted({p[knob] for p in evaluated})
+        tried = sorted({p[knob] for p in evaluated if knob in p})  # the decay-free points lack weight_decay
         if len(grid) < 2:
             continue
         if value == tried[0]:
@@ -675,7 +700,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tune", action="store_true",
                         help=f"pick lr per algorithm from {LR_GRID} (divided by T for incremental) and the "
                              f"inference step size from {STEP_SIZE_FACTORS} x its default, on a validation "
-                             "split of train; then the epoch count at which that setting's validation "
+                             f"split of train; then the weight decay from {WEIGHT_DECAY_GRID} (or none) at "
+                             "the best of those; then the epoch count at which that setting's validation "
                              "accuracy peaked")
     parser.add_argument("--retune", action="store_true",
                         help="with --tune: rerun every setting, even those the results file already scored")

@@ -142,13 +142,23 @@ def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accurac
         tuning = entry["tuning"][f"mlp 64-128-128-10/{algorithm}"]
         steps = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]["steps"]
         base = accuracy.tuning_grid(algorithm, steps)
-        assert len(base) == size and tuning["grid"][:size] == base and tuning["base_grid_size"] == size
+        assert len(base) == size and tuning["grid"][:size] == base
         assert len(tuning["validation_accuracy"]) == len(tuning["grid"]) and tuning["chosen"] in tuning["grid"]
         # the whole validation curve of each setting is kept (the final score is its last point)
         assert [c[-1] for c in tuning["validation_accuracy_per_epoch"]] == tuning["validation_accuracy"]
+        # then weight decay, at the best decay-free setting: once the lr/step search
+        # (and any walk past its edge) is done, the three decays follow it
+        stage = [p for p in tuning["grid"] if "weight_decay" not in p]
+        scores = dict(zip(map(accuracy._point, tuning["grid"]), tuning["validation_accuracy"]))
+        first = max(stage, key=lambda p: (scores[accuracy._point(p)] or -1.0, -stage.index(p)))
+        decay = accuracy.weight_decay_grid(first)
+        at = len(stage)
+        assert tuning["grid"][at:at + 3] == decay and tuning["base_grid_size"] == size + 3
+        assert [p["weight_decay"] for p in decay] == list(accuracy.WEIGHT_DECAY_GRID)
         # the search stopped because the best setting is inside what it tried (or it walked its limit)
-        assert accuracy.beyond_edge(base, tuning["grid"], tuning["chosen"]) == []
-        assert len(tuning["grid"]) <= size + 2 * accuracy.MAX_EDGE_STEPS
+        assert accuracy.beyond_edge(base, stage, first) == []
+        assert accuracy.beyond_edge(decay, tuning["grid"], tuning["chosen"]) == []
+        assert len(tuning["grid"]) <= size + 3 + 4 * accuracy.MAX_EDGE_STEPS
         used = entry["hyperparameters"][f"mlp 64-128-128-10/{algorithm}"]
         assert all(used[k] == v for k, v in tuning["chosen"].items())
         # the final runs stop where the chosen setting's validation curve peaked
@@ -193,6 +203,10 @@ def test_tuning_walks_past_the_edge_the_best_setting_lies_on(accuracy):
                                                         {"lr": 3e-4, "step_size": 0.00333}]
     assert accuracy.beyond_edge(base, base, {"lr": 3e-3, "step_size": 0.03}) == [{"lr": 9e-3, "step_size": 0.03}]
     assert accuracy.beyond_edge(base, base, {"lr": 1e-3, "step_size": 0.03}) == []
+    # the weight-decay search walks its own knob; the decay-free points it follows do not count
+    decay = [{"lr": 1e-3, "weight_decay": wd} for wd in (0.1, 0.3, 1.0)]
+    assert accuracy.beyond_edge(decay, [{"lr": 1e-3}, *decay], decay[-1]) == [{"lr": 1e-3, "weight_decay": 3.33}]
+    assert accuracy.beyond_edge(decay, [{"lr": 1e-3}, *decay], {"lr": 1e-3}) == []  # no decay is best: done
     # at most MAX_EDGE_STEPS steps past the grid
     walked = [*base, {"lr": 9e-5, "step_size": 0.01}, {"lr": 2.7e-5, "step_size": 0.01}]
     assert accuracy.MAX_EDGE_STEPS == 2

@@ -193,16 +193,22 @@ class FPA:
         trace.record_at_rest(len(errors), loss_sum)
         sweeps, active = _schedule(g, self.steps)
         for sweep in sweeps:
-            fb = inference.feedback([*(mus[j] for j in sweep.senders), out],
-                                    [*(errors[j] for j in sweep.senders), e_out],
-                                    [values[i] for i in sweep.receivers], retain_graph=True)
-            updated = inference.fpa_error_update([errors[i] for i in sweep.receivers], fb, self.step_size)
-            for i, e in zip(sweep.receivers, updated):
-                errors[i] = e
+            self._step(sweep, out, mus, values, e_out, errors)
             trace.record(errors, loss_sum)
         grads = learning.weight_gradients([*(mus[j] for j in active), out],
                                           [*(errors[j] for j in active), e_out], problem.params, B)
         return Outcome(out.detach(), loss_sum, errors, trace.tensor(B), grads)
+
+    def _step(self, sweep: inference.Sweep, out: Tensor, mus: list[Tensor], values: list[Tensor],
+              e_out: Tensor, errors: list[Tensor]) -> None:
+        """One Jacobi step, replacing the receivers' entries of ``errors``. A function of
+        its own so that its feedback is freed on return, before the next step's VJP."""
+        fb = inference.feedback([*(mus[j] for j in sweep.senders), out],
+                                [*(errors[j] for j in sweep.senders), e_out],
+                                [values[i] for i in sweep.receivers], retain_graph=True)
+        updated = inference.fpa_error_update([errors[i] for i in sweep.receivers], fb, self.step_size)
+        for i, e in zip(sweep.receivers, updated):
+            errors[i] = e
 
 
 def _evaluate(problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Tensor, list[Tensor]]:
@@ -212,13 +218,16 @@ def _evaluate(problem: Problem, values: list[Tensor], replay: Replay) -> tuple[T
 
 
 def _evaluate_moving(problem: Problem, values: list[Tensor], replay: Replay, fixed: tuple[Tensor, ...],
-                     mus: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """Recompute only the predictions values can change; the rest stay as in ``mus``."""
+                     mus: list[Tensor]) -> Tensor:
+    """Recompute only the predictions values can change, in place in ``mus``; returns
+    the output. The old ones are dropped first, so they are freed before the new ones
+    are allocated."""
+    for i in problem.graph.moving:
+        mus[i] = None
     out, *moved = replay.again(problem.graph.predict_moving, *fixed, *values)
-    mus = list(mus)
     for i, m in zip(problem.graph.moving, moved):
         mus[i] = m
-    return out, mus
+    return out
 
 
 def _errors(values: list[Tensor], mus: list[Tensor]) -> list[Tensor]:
@@ -271,24 +280,11 @@ class PC:
         try:
             for t, sweep in enumerate(sweeps):
                 if t:
-                    out, mus = _evaluate_moving(problem, values, replay, fixed, mus)
-                errors = _errors(values, mus)
-                loss_sum = loss.per_example(out, problem.target).sum()
+                    out = _evaluate_moving(problem, values, replay, fixed, mus)
+                loss_sum = self._step(sweep, problem, out, mus, values, trace)
                 if t == 0:
                     feedforward_loss = loss_sum.detach()
-                trace.record(errors, loss_sum)
-                receivers = [values[i] for i in sweep.receivers]
-                # Eager mode frees each step's graph at once; torch.compile refuses a
-                # graph freed and then read again, which the final weight step does for
-                # the predictions no value moves.
-                fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
-                                        [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
-                                        receivers, retain_graph=torch.compiler.is_compiling())
-                moved = inference.value_update(receivers, [errors[i] for i in sweep.receivers], fb,
-                                               self.step_size)
-                for i, v in zip(sweep.receivers, _leaves(moved)):
-                    values[i] = v
-            out, mus = _evaluate_moving(problem, values, replay, fixed, mus)
+            out = _evaluate_moving(problem, values, replay, fixed, mus)
             errors = _errors(values, mus)
             loss_sum = loss.per_example(out, problem.target).sum()
             trace.record(errors, loss_sum)
@@ -297,6 +293,26 @@ class PC:
         finally:
             replay.close()
         return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), grads)
+
+    def _step(self, sweep: inference.Sweep, problem: Problem, out: Tensor, mus: list[Tensor],
+              values: list[Tensor], trace: inference.EnergyTrace) -> Tensor:
+        """Record the energy at ``values``, then move the receivers' entries of
+        ``values`` one step down it; returns the summed loss. A function of its own so
+        that its errors and feedback are freed on return, before the next evaluation."""
+        errors = _errors(values, mus)
+        loss_sum = problem.loss.per_example(out, problem.target).sum()
+        trace.record(errors, loss_sum)
+        receivers = [values[i] for i in sweep.receivers]
+        # Eager mode frees each step's graph at once; torch.compile refuses a graph
+        # freed and then read again, which the final weight step does for the
+        # predictions no value moves.
+        fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
+                                [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
+                                receivers, retain_graph=torch.compiler.is_compiling())
+        moved = inference.value_update(receivers, [errors[i] for i in sweep.receivers], fb, self.step_size)
+        for i, v in zip(sweep.receivers, _leaves(moved)):
+            values[i] = v
+        return loss_sum
 
 
 @dataclass(frozen=True)

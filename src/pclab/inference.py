@@ -54,9 +54,10 @@ def value_update(values: Sequence[Tensor], errors: Sequence[Tensor], feedback: S
     """
     if not values:
         return []
-    with torch.no_grad():
-        step = torch._foreach_sub(list(feedback), list(errors))
-        return torch._foreach_add(list(values), step, alpha=step_size)
+    with torch.no_grad():  # the second pass adds into the first's fresh result: no step tensors apart
+        moved = torch._foreach_add(list(values), list(feedback), alpha=step_size)
+        torch._foreach_add_(moved, list(errors), alpha=-step_size)
+        return moved
 
 
 def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor], vjp: Sequence[Tensor],
@@ -68,12 +69,15 @@ def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor], vjp: 
     cotangent ``scale`` for the loss and ``-scale * e_j`` for each prediction, so
     ``dF/dv_i = e_i + vjp_i / scale``. Two fused passes over the values whatever the
     scale, so the caller picks the scale that saves it a rescaling pass elsewhere.
+    The second pass adds into the first's fresh result rather than allocating
+    ``dF/dv`` apart: one set of activation-sized tensors fewer at the step's peak.
     """
     if not values:
         return []
     with torch.no_grad():  # as in value_update
-        scaled_grad = torch._foreach_sub(list(vjp), list(neg_errors), alpha=scale)  # scale * dF/dv
-        return torch._foreach_add(list(values), scaled_grad, alpha=-step_size / scale)
+        moved = torch._foreach_add(list(values), list(vjp), alpha=-step_size / scale)
+        torch._foreach_add_(moved, list(neg_errors), alpha=step_size)  # v - eta * (vjp / scale - (-e))
+        return moved
 
 
 def feedback(sent: Sequence[Tensor], errors_sent: Sequence[Tensor], receivers: Sequence[Tensor], *,

@@ -33,15 +33,22 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
     ``params`` are the parameters the graph reads; one that no error has reached yet
     gets zeros, as ``loss.backward()`` gives a used parameter.
     """
+    # The factor -1/B scales either the errors going in or the gradients coming out:
+    # one pass over whichever side is smaller. Errors outnumber weights in
+    # convolutions and attention, where a scaled copy of them would also be one more
+    # set of activation-sized tensors at the step's peak.
     outputs = list(predictions)
-    grad_outputs = list(torch._foreach_mul(list(errors), -1.0 / batch_size)) if errors else []  # one pass each
+    scale_errors = sum(e.numel() for e in errors) <= sum(p.numel() for p in params)
+    grad_outputs = (list(torch._foreach_mul(list(errors), -1.0 / batch_size)) if scale_errors
+                    else list(errors)) if errors else []
     if loss_sum is not None:
         outputs.append(loss_sum)
-        grad_outputs.append(torch.full_like(loss_sum, 1.0 / batch_size))
+        grad_outputs.append(torch.full_like(loss_sum, 1.0 / batch_size if scale_errors else -1.0))
     outputs, grad_outputs = connected(outputs, grad_outputs)
     if not outputs:
         return [torch.zeros_like(p) for p in params]
-    return list(torch.autograd.grad(outputs, list(params), grad_outputs, materialize_grads=True))
+    grads = list(torch.autograd.grad(outputs, list(params), grad_outputs, materialize_grads=True))
+    return grads if scale_errors else list(torch._foreach_mul(grads, -1.0 / batch_size))
 
 
 def accumulate(params: Sequence[nn.Parameter], grads: GradList) -> None:

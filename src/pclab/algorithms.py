@@ -219,11 +219,7 @@ def _evaluate(problem: Problem, values: list[Tensor], replay: Replay) -> tuple[T
 
 def _evaluate_moving(problem: Problem, values: list[Tensor], replay: Replay, fixed: tuple[Tensor, ...],
                      mus: list[Tensor]) -> Tensor:
-    """Recompute only the predictions values can change, in place in ``mus``; returns
-    the output. The old ones are dropped first, so they are freed before the new ones
-    are allocated."""
-    for i in problem.graph.moving:
-        mus[i] = None
+    """Recompute only the predictions values can change, in place in ``mus``; returns the output."""
     out, *moved = replay.again(problem.graph.predict_moving, *fixed, *values)
     for i, m in zip(problem.graph.moving, moved):
         mus[i] = m
@@ -309,6 +305,8 @@ class PC:
         fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
                                 [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
                                 receivers, retain_graph=torch.compiler.is_compiling())
+        for i in problem.graph.moving:  # spent once their errors are sent; the next evaluation recomputes them
+            mus[i] = None
         moved = inference.value_update(receivers, [errors[i] for i in sweep.receivers], fb, self.step_size)
         for i, v in zip(sweep.receivers, _leaves(moved)):
             values[i] = v

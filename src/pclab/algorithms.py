@@ -153,11 +153,13 @@ class Exact:
         g, B = problem.graph, problem.batch_size
         out, *values = g.forward_with_values(*problem.inputs)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
-        # Differentiating the batch mean gives the weights their update directly; the
-        # (smaller) activations are scaled back to per-example errors instead.
-        grads = torch.autograd.grad(loss_sum / B, [*values, *problem.params], materialize_grads=True)
-        errors = _scaled(grads[:len(values)], -float(B))
-        weight_grads = list(grads[len(values):])
+        # Cotangent 1/B gives the weights their batch-mean update directly, -1 gives
+        # the values their per-example errors: the smaller side takes the rescaling.
+        s = -1.0 if learning.activations_outnumber(values, problem.params) else 1.0 / B
+        grads = torch.autograd.grad(loss_sum, [*values, *problem.params], torch.full_like(loss_sum, s),
+                                    materialize_grads=True)
+        errors = _scaled(grads[:len(values)], -1.0 / s)
+        weight_grads = _scaled(grads[len(values):], 1.0 / (s * B))
         trace = inference.EnergyTrace()
         trace.record_at_rest(len(errors), loss_sum)
         trace.record(errors, loss_sum)
@@ -421,8 +423,7 @@ class Incremental:
 
 def _cotangent_scale(problem: Problem, values: Sequence[Tensor]) -> float:
     """1 where the values outnumber the weights (convolutions, attention), else 1/B."""
-    outnumber = sum(v.numel() for v in values) > sum(p.numel() for p in problem.params)
-    return 1.0 if outnumber else 1.0 / problem.batch_size
+    return 1.0 if learning.activations_outnumber(values, problem.params) else 1.0 / problem.batch_size
 
 
 ALGORITHMS: dict[str, type] = {a.name: a for a in (Exact, FPA, PC, Incremental)}

@@ -33,12 +33,9 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
     ``params`` are the parameters the graph reads; one that no error has reached yet
     gets zeros, as ``loss.backward()`` gives a used parameter.
     """
-    # The factor -1/B scales either the errors going in or the gradients coming out:
-    # one pass over whichever side is smaller. Errors outnumber weights in
-    # convolutions and attention, where a scaled copy of them would also be one more
-    # set of activation-sized tensors at the step's peak.
+    # The factor -1/B scales either the errors going in or the gradients coming out.
     outputs = list(predictions)
-    scale_errors = sum(e.numel() for e in errors) <= sum(p.numel() for p in params)
+    scale_errors = not activations_outnumber(errors, params)
     grad_outputs = (list(torch._foreach_mul(list(errors), -1.0 / batch_size)) if scale_errors
                     else list(errors)) if errors else []
     if loss_sum is not None:
@@ -49,6 +46,16 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
         return [torch.zeros_like(p) for p in params]
     grads = list(torch.autograd.grad(outputs, list(params), grad_outputs, materialize_grads=True))
     return grads if scale_errors else list(torch._foreach_mul(grads, -1.0 / batch_size))
+
+
+def activations_outnumber(activations: Sequence[Tensor], params: Sequence[Tensor]) -> bool:
+    """Whether ``activations`` hold more numbers than ``params`` (convolutions, attention).
+
+    A VJP that serves both errors and weight gradients needs one rescaling pass on
+    one side; it belongs on the smaller side. On the activations' side it would also
+    add a set of activation-sized tensors to the step's peak memory.
+    """
+    return sum(a.numel() for a in activations) > sum(p.numel() for p in params)
 
 
 def accumulate(params: Sequence[nn.Parameter], grads: GradList) -> None:

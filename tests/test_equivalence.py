@@ -123,3 +123,15 @@ def test_inference_is_per_example():
         model.zero_grad(set_to_none=True)
         for name, e in alone.errors.items():
             assert torch.allclose(full.errors[name][:3], e, atol=1e-12), (algorithm, name)
+
+
+@pytest.mark.parametrize("graph", GRAPHS, ids=GRAPH_IDS)
+def test_exact_weight_gradients_are_bitwise_backprops_at_a_power_of_two_batch(graph):
+    """Exact runs autograd's own sweep; where it rescales (the batch mean on the smaller
+    side of its VJP), a power-of-two batch makes the rescaling exact in floating point."""
+    model, x, y = make(graph, torch.float32)
+    x = tuple(torch.cat([t, t[:2]]) for t in x)  # 6 + 2 = 8 examples
+    y = torch.cat([y, y[:2]])
+    reference = reference_grads(model, x, y, "ce")
+    grads, _ = pc_grads(pclab.PredictiveCoding(model, loss="ce", algorithm="exact"), x, y)
+    assert all(torch.equal(grads[k], reference[k]) for k in reference)

@@ -245,8 +245,9 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
 
     :func:`tuning_grid` first, then :func:`weight_decay_grid` at its best point; each
     followed by :func:`beyond_edge` until the best point is inside what was evaluated
-    (no decay stays the choice unless some decay scores higher). ``known`` maps :func:`_point` of a setting to its scores measured
-    earlier with the same configuration; those settings are not rerun.
+    (no decay stays the choice unless some decay scores higher). ``known`` maps
+    :func:`_point` of a setting to its scores measured earlier with the same
+    configuration; those settings are not rerun.
     """
     known = known or {}
     points: list[dict[str, float]] = []

@@ -158,8 +158,8 @@ class Exact:
         s = -1.0 if learning.activations_outnumber(values, problem.params) else 1.0 / B
         grads = torch.autograd.grad(loss_sum, [*values, *problem.params], torch.full_like(loss_sum, s),
                                     materialize_grads=True)
-        errors = _scaled(grads[:len(values)], -1.0 / s)
-        weight_grads = _scaled(grads[len(values):], 1.0 / (s * B))
+        errors = learning.scaled(grads[:len(values)], -1.0 / s)
+        weight_grads = learning.scaled(grads[len(values):], 1.0 / (s * B))
         trace = inference.EnergyTrace()
         trace.record_at_rest(len(errors), loss_sum)
         trace.record(errors, loss_sum)
@@ -233,12 +233,6 @@ def _errors(values: list[Tensor], mus: list[Tensor]) -> list[Tensor]:
         return []
     with torch.no_grad():  # errors are signals, outside every graph (and no detach op per tensor)
         return torch._foreach_sub(list(values), list(mus))
-
-
-def _scaled(tensors: Sequence[Tensor], factor: float) -> list[Tensor]:
-    if factor == 1.0:  # no pass over the tensors
-        return list(tensors)
-    return torch._foreach_mul(list(tensors), factor) if tensors else []
 
 
 def _leaves(tensors: list[Tensor]) -> list[Tensor]:
@@ -372,7 +366,7 @@ class Incremental:
                 optimizer.step()
         finally:
             replay.close()
-        return Outcome(feedforward, feedforward_loss, _scaled(neg_errors, -1.0), trace.tensor(B), None)
+        return Outcome(feedforward, feedforward_loss, learning.scaled(neg_errors, -1.0), trace.tensor(B), None)
 
     def _first(self, problem: Problem, replay: Replay) -> tuple[Any, ...]:
         """The forward pass, then the first tick at its values."""
@@ -403,9 +397,9 @@ class Incremental:
         # smaller side takes it.
         s = _cotangent_scale(problem, values)
         d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
-                                [torch.full_like(loss_sum, s), *_scaled(neg_errors, s)],
+                                [torch.full_like(loss_sum, s), *learning.scaled(neg_errors, s)],
                                 materialize_grads=True)
-        return neg_errors, loss_sum.detach(), list(d[:n]), _scaled(d[n:], 1.0 / (s * B)), s
+        return neg_errors, loss_sum.detach(), list(d[:n]), learning.scaled(d[n:], 1.0 / (s * B)), s
 
     def _move(self, values: list[Tensor], neg_errors: list[Tensor], loss_sum: Tensor, vjp: list[Tensor],
               grads: list[Tensor], scale: float) -> tuple[Any, ...]:

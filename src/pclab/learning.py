@@ -34,18 +34,24 @@ def weight_gradients(predictions: Sequence[Tensor], errors: Sequence[Tensor], pa
     gets zeros, as ``loss.backward()`` gives a used parameter.
     """
     # The factor -1/B scales either the errors going in or the gradients coming out.
-    outputs = list(predictions)
+    mean = -1.0 / batch_size
     scale_errors = not activations_outnumber(errors, params)
-    grad_outputs = (list(torch._foreach_mul(list(errors), -1.0 / batch_size)) if scale_errors
-                    else list(errors)) if errors else []
+    outputs, grad_outputs = list(predictions), scaled(errors, mean if scale_errors else 1.0)
     if loss_sum is not None:
         outputs.append(loss_sum)
-        grad_outputs.append(torch.full_like(loss_sum, 1.0 / batch_size if scale_errors else -1.0))
+        grad_outputs.append(torch.full_like(loss_sum, -mean if scale_errors else -1.0))
     outputs, grad_outputs = connected(outputs, grad_outputs)
     if not outputs:
         return [torch.zeros_like(p) for p in params]
     grads = list(torch.autograd.grad(outputs, list(params), grad_outputs, materialize_grads=True))
-    return grads if scale_errors else list(torch._foreach_mul(grads, -1.0 / batch_size))
+    return grads if scale_errors else scaled(grads, mean)
+
+
+def scaled(tensors: Sequence[Tensor], factor: float) -> list[Tensor]:
+    """``factor`` times each tensor, in one fused pass; no pass (the tensors themselves) for 1."""
+    if factor == 1.0:
+        return list(tensors)
+    return list(torch._foreach_mul(list(tensors), factor)) if tensors else []
 
 
 def activations_outnumber(activations: Sequence[Tensor], params: Sequence[Tensor]) -> bool:

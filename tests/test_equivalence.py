@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import binom
 
 import pclab
+from pclab import inference
 from graphs import GRAPHS, MLP, make, pc_grads, reference_grads, relative_error
 
 DTYPES = {torch.float64: 1e-8, torch.float32: 1e-4}
@@ -98,6 +101,27 @@ def test_fpa_errors_cascade_by_binomial_law_on_a_chain(steps, step_size):
             d += 1
         fraction = binom.sf(d - 1, steps, step_size)
         assert torch.allclose(result.errors[name], fraction * exact.errors[name], rtol=1e-9, atol=1e-14)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 4), step_size=st.floats(0.05, 1.0), data=st.data())
+def test_fpa_update_in_place_equals_the_rule_when_feedback_aliases_errors(n, step_size, data):
+    """The in-place update reads every feedback before it writes any error, whether a
+    feedback is fresh, another node's error itself (an addition's VJP) or a view of it
+    (a reshape's)."""
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    errors = [torch.randn(2, 6, generator=g, dtype=torch.float64) for _ in range(n)]
+    feedback = []
+    for i in range(n):
+        kind, j = data.draw(st.sampled_from(["fresh", "same", "view"])), data.draw(st.integers(0, n - 1))
+        feedback.append({"fresh": lambda: torch.randn(2, 6, generator=g, dtype=torch.float64),
+                         "same": lambda: errors[j],
+                         "view": lambda: errors[j].view(12).view(2, 6)}[kind]())
+    expected = [e + step_size * (f - e) for e, f in zip(errors, feedback)]
+    updated = inference.fpa_error_update(errors, feedback, step_size)
+    assert all(u is e for u, e in zip(updated, errors))  # in place: no third set of tensors
+    for u, want in zip(updated, expected):
+        torch.testing.assert_close(u, want, rtol=1e-12, atol=1e-12)
 
 
 def test_gradients_accumulate_like_backward():

@@ -103,7 +103,7 @@ def test_fpa_error_update_reads_only_own_and_children_errors(model_cls):
 
     def update(errs):
         fb = inference.feedback([*mus, out], [*errs, e_out], leaves, retain_graph=True)
-        return inference.fpa_error_update(errs, fb, 0.5)
+        return inference.fpa_error_update([e.clone() for e in errs], fb, 0.5)  # it updates in place
 
     base = update(errors)
     for (i, name), (k, other) in itertools.product(enumerate(graph.names), repeat=2):

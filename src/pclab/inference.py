@@ -31,17 +31,28 @@ TensorList = list[Tensor]
 
 
 def fpa_error_update(errors: Sequence[Tensor], feedback: Sequence[Tensor], step_size: float) -> TensorList:
-    """Fixed-prediction update: ``e_i <- e_i + eta * (-e_i + feedback_i)``.
+    """Fixed-prediction update: ``e_i <- e_i + eta * (-e_i + feedback_i)``, in place.
 
     With predictions held at their forward values, ``v_i`` moves by the same amount
     as ``e_i = v_i - mu_i``; the fixed point ``e_i = sum_j J_ji^T e_j`` is backprop's
-    (negative) gradient. ``step_size = 1`` makes one step copy the feedback. Returns
-    new tensors: feedback may be a view of a child's error (a reshape's VJP is a
-    view), so updating errors in place would corrupt it.
+    (negative) gradient. ``step_size = 1`` makes one step copy the feedback.
+
+    Returns ``errors``, updated in place: a step then holds the errors and the
+    feedback, not a third set of activation-sized tensors. A feedback that shares
+    memory with one of the errors (a reshape's VJP is a view of the child's error,
+    an addition's passes it on unchanged) is copied first, or the update of that
+    error would reach it before it is read. Under ``torch.compile`` the update is
+    out of place; the compiler plans its buffers itself.
     """
     if not errors:  # a model with no hidden value node (a linear readout)
         return []
-    return torch._foreach_lerp(list(errors), list(feedback), step_size)
+    errors, feedback = list(errors), list(feedback)
+    if torch.compiler.is_compiling():
+        return torch._foreach_lerp(errors, feedback, step_size)
+    updated = {e.untyped_storage().data_ptr() for e in errors}
+    feedback = [f.clone() if f.untyped_storage().data_ptr() in updated else f for f in feedback]
+    torch._foreach_lerp_(errors, feedback, step_size)
+    return errors
 
 
 def value_update(values: Sequence[Tensor], errors: Sequence[Tensor], feedback: Sequence[Tensor],

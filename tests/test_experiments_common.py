@@ -52,3 +52,16 @@ def test_group_keeps_first_appearance_order():
     rows = [{"a": 2, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}]
     assert list(group(rows, "a", "b")) == [(2, "x"), (1, "y")]
     assert group(rows, "a")[(2,)] == [rows[0], rows[2]]
+
+
+@pytest.mark.parametrize("module", [catapult, double_descent, grok, sample_efficiency],
+                         ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_compile_reaches_every_training_run(module, monkeypatch):
+    """``--compile`` goes from the command line to every run that trains a learner
+    (random-feature runs solve least squares and have no learner)."""
+    monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))
+    config = module.make_config(quick=True, compile=True)
+    planned = (module.teacher_runs(config) + module.standard_runs(config)
+               if module is sample_efficiency else module.runs(config))
+    trained = [r for r in planned if hasattr(r, "algorithm")]
+    assert config.compile and trained and all(r.compile for r in trained)

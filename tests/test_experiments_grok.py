@@ -66,3 +66,22 @@ def test_transformer_model_trains_with_pc():
                        embed_dim=4, d_model=8, heads=2, layers=1, pc_steps=2, pc_step_size=0.1)
     result = grok.run_one(run)
     assert result["steps_run"] == 2 and len(result["evals"]) == 3
+
+
+def test_compiled_learners_reproduce_the_eager_sweep_and_say_so(tiny_run, tmp_path):
+    """``--compile`` changes how a run executes, not what it computes: the pc run's
+    losses and weight norms match the eager run's to rounding; the run gets its own
+    id (the eager record is not reused) and the summary says its wall time includes
+    compiling."""
+    _, eager = tiny_run
+    records = grok.run(dataclasses.replace(TINY, algorithms=("pc",), compile=True), tmp_path,
+                       workers=1, progress=False)
+    (compiled,) = records
+    (reference,) = [r for r in eager if r["config"]["algorithm"] == "pc"]
+    assert compiled["config"]["compile"] and compiled["id"] != reference["id"]
+    for key in ("train_loss", "weight_norm"):
+        got = torch.tensor([e[key] for e in compiled["result"]["evals"]])
+        want = torch.tensor([e[key] for e in reference["result"]["evals"]])
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert "1 of 1 runs ran their learner through torch.compile" in (tmp_path / "summary.md").read_text()
+    assert json.loads((tmp_path / "config.json").read_text())["compile"] is True

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,13 @@ def test_run_id_is_stable_and_changes_with_any_field():
     assert run_id(Square(2)) == run_id(Square(2))
     assert run_id(Square(2)).startswith("sq-x2-")
     assert run_id(Square(2)) != run_id(Square(2, tag="u"))
+
+
+def test_a_field_added_later_keeps_old_ids_at_its_default_and_changes_them_away_from_it():
+    # The same run config, as a later version of the code declares it (the id hashes the type's name).
+    later = make_dataclass("Square", [("fast", bool, sweep.added_later(False))], bases=(Square,), frozen=True)
+    assert run_id(later(2)) == run_id(Square(2)) != run_id(later(2, fast=True))
+    assert run_id(later(2, fast=True)).startswith("sq-x2-")
 
 
 def test_serial_sweep_writes_one_record_per_run_and_resumes(tmp_path):
@@ -90,7 +97,7 @@ def test_artifacts_are_saved_next_to_the_record(tmp_path):
 
 KILLED_SWEEP = textwrap.dedent("""
     import sys, time
-    from dataclasses import dataclass
+    from dataclasses import dataclass, make_dataclass
     from pathlib import Path
     from pclab.experiments.sweep import run_sweep
 

@@ -40,7 +40,7 @@ from . import common
 from .common import fmt, require, table
 from .sharpness import top_eigenvalue
 from .sweep import results as flat_results
-from .sweep import run_sweep
+from .sweep import added_later, run_sweep
 from .training import (Recipe, accuracy, eval_schedule, load_data, loss_fn, mean_loss,
                        train)
 
@@ -73,6 +73,7 @@ class CatapultConfig:
     pc_steps: int = 20
     pc_step_size: float = 0.1
     match_lazy_time: bool = True
+    compile: bool = False
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
 
@@ -115,6 +116,7 @@ class CatapultRun:
     pc_step_size: float
     dataset: str
     data_dir: str | None
+    compile: bool = added_later(False)
 
     @property
     def label(self) -> str:
@@ -127,7 +129,7 @@ def runs(config: CatapultConfig) -> list[CatapultRun]:
                         steps=round(config.steps / c) if config.match_lazy_time and c < 1 else config.steps,
                         sharpness_every=config.sharpness_every, depth=config.depth,
                         pc_steps=config.pc_steps, pc_step_size=config.pc_step_size,
-                        dataset=config.dataset, data_dir=config.data_dir)
+                        dataset=config.dataset, data_dir=config.data_dir, compile=config.compile)
             for a in config.algorithms for w in config.widths for c in config.cs for s in config.seeds]
 
 
@@ -195,7 +197,7 @@ def run_one(run: CatapultRun) -> dict:
         return {"sharpness": s.value, "train_acc": accuracy(model, x, y)}
 
     recipe = Recipe(algorithm=run.algorithm, loss="mse", optimizer="sgd", lr=lr, steps=run.steps,
-                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size)
+                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size, compile=run.compile)
     history = train(model, recipe, x, y, seed=run.seed,
                     eval_steps=eval_schedule(run.steps, run.sharpness_every),
                     evaluate=evaluate, blowup=1e6)
@@ -440,6 +442,7 @@ def command(
     train_size: Annotated[int, typer.Option(help="Training images (0: the preset's).")] = 0,
     pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/catapult"),
+    compile: common.Compile = False,
     data_dir: common.DataDir = None,
     workers: common.Workers = 2,
     ray: common.Ray = False,
@@ -454,12 +457,12 @@ def command(
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str = "", cs: str = "",
                 steps: int = 0, train_size: int = 0, pc_steps: int = 0, data_dir: Path | str | None = None,
-                seed: int = 0, num_seeds: int = 0) -> CatapultConfig:
+                seed: int = 0, num_seeds: int = 0, compile: bool = False) -> CatapultConfig:
     """The preset with the command line's overrides, checked (raises :class:`ConfigError`)."""
     data, available = common.image_data(data_dir)
     config = common.configure(
-        QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, **data,
-        widths=common.parse_list(widths, int, "widths") if widths else None,
+        QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile,
+        **data, widths=common.parse_list(widths, int, "widths") if widths else None,
         cs=common.parse_list(cs, float, "cs") if cs else None,
         steps=steps or None, train_size=train_size or None, pc_steps=pc_steps or None)
     config.validate(available=available)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from . import common
 from .common import fmt, require, table
 from .sweep import results as flat_results
-from .sweep import run_sweep
+from .sweep import added_later, run_sweep
 from .training import Recipe, accuracy, load_data, mean_loss, train
 
 VARIANTS = ("rf", "mlp")
@@ -73,6 +73,7 @@ class DoubleDescentConfig:
     relative_ridges: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    compile: bool = False
 
     def validate(self, available: int | None = None) -> None:
         require(self.features or self.widths, "both --features and --widths are empty: nothing to run")
@@ -142,6 +143,7 @@ class WidthRun:
     pc_step_size: float
     dataset: str
     data_dir: str | None
+    compile: bool = added_later(False)
 
     @property
     def label(self) -> str:
@@ -156,7 +158,7 @@ def runs(config: DoubleDescentConfig) -> list[FeaturesRun | WidthRun]:
         for p in config.features for s in config.seeds]
     out += [WidthRun(width=w, weight_decay=wd, algorithm=a, seed=s, steps=config.steps, lr=config.lr,
                      eval_every=config.eval_every, pc_steps=config.pc_steps,
-                     pc_step_size=config.pc_step_size, **data)
+                     pc_step_size=config.pc_step_size, compile=config.compile, **data)
             for a in config.algorithms for wd in config.weight_decays for w in config.widths
             for s in config.seeds] if config.widths else []
     return out
@@ -233,7 +235,7 @@ def run_width(run: WidthRun) -> dict:
 
     recipe = Recipe(algorithm=run.algorithm, loss="mse", optimizer="adamw", lr=run.lr,
                     weight_decay=run.weight_decay, steps=run.steps, pc_steps=run.pc_steps,
-                    pc_step_size=run.pc_step_size)
+                    pc_step_size=run.pc_step_size, compile=run.compile)
     history = train(model, recipe, x, y, seed=run.seed,
                     eval_steps=range(run.eval_every, run.steps, run.eval_every), evaluate=evaluate)
     last = history.evals[-1] if not history.diverged else evaluate(len(history.loss))
@@ -430,6 +432,7 @@ def command(
     steps: Annotated[int, typer.Option(help="Training steps per MLP (0: the preset's).")] = 0,
     pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/double-descent"),
+    compile: common.Compile = False,
     data_dir: common.DataDir = None,
     workers: common.Workers = 2,
     ray: common.Ray = False,
@@ -445,7 +448,7 @@ def command(
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str = "", widths: str = "",
                 weight_decays: str = "", train_size: int = 0, label_noise: float = -1.0, steps: int = 0,
                 pc_steps: int = 0, data_dir: Path | str | None = None, seed: int = 0,
-                num_seeds: int = 0) -> DoubleDescentConfig:
+                num_seeds: int = 0, compile: bool = False) -> DoubleDescentConfig:
     preset = QUICK if quick else FULL
     data, available = common.image_data(data_dir)
 
@@ -455,7 +458,7 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str
         return () if text.strip().lower() == "none" else common.parse_list(text, int, option)
 
     config = common.configure(
-        preset, algorithms=algorithms, seed=seed, num_seeds=num_seeds, **data,
+        preset, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile, **data,
         features=grid(features, "features"), widths=grid(widths, "widths"),
         weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None,
         train_size=train_size or None, label_noise=None if label_noise == -1.0 else label_noise,

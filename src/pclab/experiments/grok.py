@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import common
 from .common import fmt, require, table
 from .sweep import results as flat_results
-from .sweep import run_sweep
+from .sweep import added_later, run_sweep
 from .training import Recipe, accuracy, mean_loss, train, weight_norm
 
 TARGET = 0.99
@@ -84,6 +84,7 @@ class GrokConfig:
     layers: int = 2
     pc_steps: int = 20
     pc_step_size: float = 0.1
+    compile: bool = False
 
     def validate(self) -> None:
         require(self.model in ("mlp", "transformer"), f"--model must be mlp or transformer; got {self.model!r}")
@@ -136,6 +137,7 @@ class GrokRun:
     layers: int
     pc_steps: int
     pc_step_size: float
+    compile: bool = added_later(False)
 
     @property
     def label(self) -> str:
@@ -145,7 +147,7 @@ class GrokRun:
 def runs(config: GrokConfig) -> list[GrokRun]:
     shared = {k: getattr(config, k) for k in ("model", "p", "lr", "steps", "batch_size", "eval_every",
                                               "stop_when_grokked", "width", "embed_dim", "d_model",
-                                              "heads", "layers", "pc_steps", "pc_step_size")}
+                                              "heads", "layers", "pc_steps", "pc_step_size", "compile")}
     return [GrokRun(fraction=f, weight_decay=wd, algorithm=a, seed=s, **shared)
             for a in config.algorithms for f in config.fractions for wd in config.weight_decays
             for s in config.seeds]
@@ -196,7 +198,7 @@ def run_one(run: GrokRun) -> dict:
 
     recipe = Recipe(algorithm=run.algorithm, loss="ce", optimizer="adamw", lr=run.lr,
                     weight_decay=run.weight_decay, steps=run.steps, batch_size=run.batch_size,
-                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size)
+                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size, compile=run.compile)
     history = train(model, recipe, x, y, seed=run.seed,
                     eval_steps=range(run.eval_every, run.steps + 1, run.eval_every),
                     evaluate=evaluate, stop=grokked)
@@ -380,6 +382,7 @@ def command(
     eval_every: Annotated[int, typer.Option(help="Measure accuracy every this many steps (0: the preset's).")] = 0,
     pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/grok"),
+    compile: common.Compile = False,
     workers: common.Workers = 2,
     ray: common.Ray = False,
     ray_address: common.RayAddress = "",
@@ -393,9 +396,11 @@ def command(
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", model: str = "", p: int = 0,
                 fractions: str = "", weight_decays: str = "", lr: float = 0.0, steps: int = 0,
-                eval_every: int = 0, pc_steps: int = 0, seed: int = 0, num_seeds: int = 0) -> GrokConfig:
+                eval_every: int = 0, pc_steps: int = 0, seed: int = 0, num_seeds: int = 0,
+                compile: bool = False) -> GrokConfig:
     config = common.configure(
-        QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, model=model or None,
+        QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile,
+        model=model or None,
         p=p or None, lr=lr or None, steps=steps or None, eval_every=eval_every or None,
         pc_steps=pc_steps or None,
         fractions=common.parse_list(fractions, float, "fractions") if fractions else None,

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from . import common
 from .common import fmt, require, table
 from .sharpness import top_eigenvalue
-from .sweep import artifact, run_sweep
+from .sweep import added_later, artifact, run_sweep
 from .sweep import results as flat_results
 from .training import Recipe, accuracy, load_data, loss_fn, train
 
@@ -115,6 +115,7 @@ class SampleEfficiencyConfig:
     anchor: bool = False
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    compile: bool = False
 
     def validate(self, available: int | None = None) -> None:
         """Raise :class:`ConfigError` naming the first bad field (``available``: training images)."""
@@ -178,6 +179,7 @@ class _Data:
     test_size: int
     dataset: str
     data_dir: str | None
+    compile: bool = added_later(False)
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ class StudentRun(StandardRun):
 
 def _data(config: SampleEfficiencyConfig, n: int, seed: int) -> dict:
     return {"size": n, "seed": seed, "test_size": config.test_size, "dataset": config.dataset,
-            "data_dir": config.data_dir}
+            "data_dir": config.data_dir, "compile": config.compile}
 
 
 def standard_steps(config: SampleEfficiencyConfig, examples: int) -> int:
@@ -273,7 +275,7 @@ def student_runs(config: SampleEfficiencyConfig, teachers: list[dict], out: Path
         t = record["config"]
         students.append(StudentRun(
             size=t["size"], seed=t["seed"], test_size=t["test_size"], dataset=t["dataset"],
-            data_dir=t["data_dir"], algorithm=t["algorithm"], width=config.width, depth=config.depth,
+            data_dir=t["data_dir"], compile=config.compile, algorithm=t["algorithm"], width=config.width, depth=config.depth,
             activation=config.activation, lr=config.lr, batch_size=config.batch_size,
             steps=standard_steps(config, t["size"] + config.unlabelled), eval_points=config.eval_points,
             pc_steps=config.pc_steps, pc_step_size=config.pc_step_size, loss="mse", teacher_id=record["id"],
@@ -336,7 +338,7 @@ def run_standard(run: StandardRun) -> dict:
     model = _mlp(shape, classes, run.width, run.depth, run.activation)
     recipe = Recipe(algorithm=run.algorithm, loss=run.loss, optimizer="adamw", lr=run.lr,
                     weight_decay=0.0, steps=run.steps, batch_size=run.batch_size,
-                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size)
+                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size, compile=run.compile)
     result = _fit(model, recipe, x, y, xt, yt, run.eval_points, run.seed)
     return {"recipe": "standard", **result, "train_acc": accuracy(model, x, y)}
 
@@ -350,7 +352,7 @@ def run_catapult(run: CatapultRun) -> dict:
     batch = 0 if run.batch_size == 0 or len(y) <= run.batch_size else run.batch_size
     recipe = Recipe(algorithm=run.algorithm, loss="mse", optimizer="sgd", lr=lr,
                     weight_decay=run.weight_decay, steps=run.steps, batch_size=batch,
-                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size)
+                    pc_steps=run.pc_steps, pc_step_size=run.pc_step_size, compile=run.compile)
     result = _fit(model, recipe, x, y, xt, yt, run.eval_points, run.seed)
     out = {"recipe": "catapult", "lambda0": lam0, "lr": lr, **result,
            "train_acc": accuracy(model, x, y)}
@@ -374,7 +376,8 @@ def run_student(run: StudentRun) -> dict:
     torch.manual_seed(run.seed)
     model = _mlp(shape, classes, run.width, run.depth, run.activation)
     recipe = Recipe(algorithm=run.algorithm, loss=run.loss, optimizer="adamw", lr=run.lr, steps=run.steps,
-                    batch_size=run.batch_size, pc_steps=run.pc_steps, pc_step_size=run.pc_step_size)
+                    batch_size=run.batch_size, pc_steps=run.pc_steps, pc_step_size=run.pc_step_size,
+                    compile=run.compile)
     result = _fit(model, recipe, inputs, soft, xt, yt, run.eval_points, run.seed)
     teacher_agreement = float((model(x).argmax(1) == soft[:len(x)].argmax(1)).double().mean())
     return {"recipe": "student", **result, "train_acc": accuracy(model, x, y),
@@ -636,6 +639,7 @@ def command(
     pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
     pc_step_size: Annotated[float, typer.Option(help="PC inference step size (0: the preset's).")] = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/sample-efficiency"),
+    compile: common.Compile = False,
     data_dir: common.DataDir = None,
     workers: common.Workers = 2,
     ray: common.Ray = False,
@@ -653,7 +657,7 @@ def make_config(*, quick: bool = False, preset: str = "", algorithms: str = "bp,
                 unlabelled: int = -1, width_multiplier: int = 0,
                 catapult_c: float = 0.0, catapult_weight_decay: float = -1.0, catapult_steps: int = 0,
                 pc_steps: int = 0, pc_step_size: float = 0.0, data_dir: Path | str | None = None, seed: int = 0,
-                num_seeds: int = 0) -> SampleEfficiencyConfig:
+                num_seeds: int = 0, compile: bool = False) -> SampleEfficiencyConfig:
     """The preset (``preset``, or ``quick``) with the command line's overrides, checked
     (raises :class:`ConfigError`)."""
     name = preset or ("quick" if quick else "full")
@@ -661,7 +665,7 @@ def make_config(*, quick: bool = False, preset: str = "", algorithms: str = "bp,
     require(not (quick and name != "quick"), f"--quick and --preset {preset} disagree; give one of them")
     data, available = common.image_data(data_dir)
     config = common.configure(
-        PRESETS[name], algorithms=algorithms, seed=seed, num_seeds=num_seeds, **data,
+        PRESETS[name], algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile, **data,
         sizes=common.parse_list(sizes, int, "sizes") if sizes else None,
         recipes=common.parse_list(recipes, str, "recipes") if recipes else None, epochs=epochs or None,
         min_steps=None if min_steps == -1 else min_steps, max_steps=None if max_steps == -1 else max_steps,

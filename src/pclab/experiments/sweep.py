@@ -2,7 +2,9 @@
 
 A sweep is a list of run configs (small frozen dataclasses) and a module-level
 function ``fn(config) -> dict`` that performs one run. :func:`run_sweep` gives each
-config a stable id, ``<label>-<hash of every field>``, and keeps each finished run
+config a stable id, ``<label>-<hash of every field>`` (a field declared with
+:data:`ADDED_LATER` metadata counts only away from its default, so adding it keeps
+the ids of runs already recorded), and keeps each finished run
 as ``<out>/runs/<id>.json`` holding the config, the result, its wall time and the
 host. Files are written atomically (temporary file, fsync, rename), so a killed
 sweep leaves only whole files, and a rerun skips every run whose file exists: it
@@ -51,6 +53,16 @@ class RunFailed(RuntimeError):
     """A run raised; the message names it and its config. Finished runs are kept."""
 
 
+# Field metadata for a field added to a run config after runs were recorded: at its
+# default it stays out of the hash, so those runs keep their ids and still resume.
+ADDED_LATER = {"id": "omit at default"}
+
+
+def added_later(default: Any) -> Any:
+    """A keyword-only dataclass field with :data:`ADDED_LATER` metadata."""
+    return dataclasses.field(default=default, kw_only=True, metadata=ADDED_LATER)
+
+
 def config_dict(config: Any) -> dict:
     """A run config as a JSON-ready dict (dataclass fields, tuples as lists)."""
     if not dataclasses.is_dataclass(config):
@@ -60,7 +72,11 @@ def config_dict(config: Any) -> dict:
 
 def run_id(config: Any) -> str:
     """``<label>-<10 hex digits of the config's hash>``; the label is ``config.label`` if any."""
-    payload = json.dumps({"type": type(config).__name__, **config_dict(config)}, sort_keys=True)
+    fields = config_dict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata == ADDED_LATER and getattr(config, f.name) == f.default:
+            del fields[f.name]
+    payload = json.dumps({"type": type(config).__name__, **fields}, sort_keys=True)
     digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
     label = getattr(config, "label", "")
     label = "".join(c if c.isalnum() or c in "._=+-" else "_" for c in str(label))

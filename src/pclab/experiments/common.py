@@ -43,7 +43,8 @@ DataDir = Annotated[Optional[Path], typer.Option(help="Fashion-MNIST folder (def
                                                  "../shared/datasets/fashion-mnist, else digits).")]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 Compile = Annotated[bool, typer.Option(help="Run every learner through torch.compile: the same updates to rounding, "
-                                       "several times faster for PC on small models; each run compiles first.")]
+                                       "faster where per-op overhead dominates (small models, PC's many "
+                                       "inference steps); each run compiles first.")]
 
 
 def seeds(seed: int, num_seeds: int, preset: Sequence[int]) -> tuple[int, ...]:

@@ -53,8 +53,9 @@ class Recipe:
     batch. ``pc_steps``/``pc_step_size`` are the inference steps of the PC
     algorithms (ignored by ``"bp"``; ``None`` takes the engine's default size).
     ``compile`` runs the learner through ``torch.compile`` (bp as well, so that
-    wall times compare like with like): the same updates to rounding, several times
-    faster for PC on the lab's small models, after a first step that compiles.
+    wall times compare like with like): the same updates to rounding, faster where
+    per-op overhead dominates (small models, PC's many inference steps), after a
+    first step that compiles.
     """
 
     algorithm: str = "bp"

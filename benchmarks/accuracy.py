@@ -641,7 +641,8 @@ def _searched(tuning: dict[str, Any]) -> str:
 
 def _render_speed(report: dict[str, Any], source: str) -> list[str]:
     models = sorted({r["model"] for r in report["rows"]})
-    subset = [", ".join(models), "re-measured"]
+    timed = any("ms_per_step" in r for r in report["rows"])
+    subset = [", ".join(models), "re-measured" if timed else "peak memory re-measured, no timings"]
     if report["machine"].get("heap") == "glibc defaults":  # speed.py --default-malloc
         subset.append("glibc's default heap")
     lines = ["## Speed: one training step against backprop"
@@ -658,7 +659,7 @@ def _render_speed(report: dict[str, Any], source: str) -> list[str]:
             v = r.get(key)
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
         lines.append(f"| {r['model']} | {r['algorithm']} | {r['T'] or ''} | {'yes' if r.get('compiled') else ''} "
-                     f"| {r['ms_per_step']:.2f} | {r['vs_bp']:.2f} | {num('vs_budget')} | {r.get('budget', '')} "
+                     f"| {num('ms_per_step')} | {num('vs_bp')} | {num('vs_budget')} | {r.get('budget', '')} "
                      f"| {num('peak_memory_vs_bp')} | {num('vs_eager_bp')} |")
     lines += ["", "× bp and × budget compare with backprop and the budgets measured in the same mode "
               "(compiled rows against compiled backprop); × eager bp compares a compiled row with plain "

@@ -26,7 +26,11 @@ in the same process, under the same setting.
 
     python benchmarks/speed.py                 # full table, writes benchmarks/results/speed.json
     python benchmarks/speed.py --models "mlp 784-128-128-10" --json benchmarks/results/speed-mlp.json  # a subset, rendered beside it
+    python benchmarks/speed.py --memory-only --json benchmarks/results/speed-memory.json  # peaks alone
     python benchmarks/speed.py --smoke         # seconds: what the test suite runs
+
+``--memory-only`` skips the timings: the heap peaks are counted, not timed, so they
+come out the same on a busy machine, where timings would not.
 """
 
 from __future__ import annotations
@@ -169,11 +173,16 @@ def _time(fn: Callable[[], None], repeat: int) -> float:
 
 
 def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: int, repeat: int,
-            memory: bool, compiled: bool = False) -> list[dict]:
+            memory: bool, compiled: bool = False, timed: bool = True) -> list[dict]:
     torch.manual_seed(0)
     model = case.build()
     x, y = case.batch(batch)
     configs = {f"{a}:{t}": _training_step(model, x, y, a, t, compiled) for a, t in algorithms}
+    if not timed:
+        peak_bp = _peak_bytes(configs["bp:1"], model)
+        return [{"model": case.name, "algorithm": a, "T": t if a != "bp" else None, "compiled": False,
+                 "peak_memory_vs_bp": _peak_bytes(configs[key], model) / max(peak_bp, 1.0)}
+                for (a, t), key in zip(algorithms, configs)]
     refs = _reference_steps(model, x, y, compiled)
     timings: dict[str, list[float]] = {k: [] for k in [*configs, *refs]}
     for fn in [*configs.values(), *refs.values()]:
@@ -220,7 +229,8 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['model']:<22}{r['algorithm']:<13}{r['T'] or '':>4}{'yes' if r.get('compiled') else '':>9}"
-            f"{r['ms_per_step']:>10.2f}{r['steps_per_s']:>10.0f}{r['vs_bp']:>8.2f}"
+            f"{r.get('ms_per_step', math.nan):>10.2f}{r.get('steps_per_s', math.nan):>10.0f}"
+            f"{r.get('vs_bp', math.nan):>8.2f}"
             f"{r.get('vs_budget', float('nan')):>10.2f}{r.get('budget', ''):>14}"
             f"{r.get('peak_memory_vs_bp', float('nan')):>10.2f}{r.get('vs_eager_bp', float('nan')):>12.2f}")
     return "\n".join(lines)
@@ -243,14 +253,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", default="1,8,20", help="inference steps T to measure")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also measure every step with compile=True")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="peak memory alone, no timings (the same on a busy machine)")
     parser.add_argument("--models", default=None, help=f"comma-separated subset of: {', '.join(c.name for c in CASES)}")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "speed.json")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's heap settings alone (by default the process keeps freed memory "
                              "for reuse, as `pclab train` does: pclab.allocator.retain_freed_memory)")
     args = parser.parse_args(argv)
+    if args.memory_only and args.compile:
+        parser.error("--memory-only measures eager steps only (compiled rows sample no memory); drop --compile")
     retained = not args.default_malloc and pclab.allocator.retain_freed_memory()
     sample_memory = pclab.allocator.heap_info() is not None  # glibc's counters are there to sample
+    if args.memory_only and not sample_memory:
+        parser.error("--memory-only needs glibc's heap counters (mallinfo2), which this C library lacks")
     code = commit()  # the code this process imports now, not what the tree holds when it ends
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -269,8 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
     for case in cases:
         for compiled in (False, True) if args.compile else (False,):
             rows += measure(case, algorithms, args.batch, args.rounds, args.repeat,
-                            memory=sample_memory, compiled=compiled)
-        _against_eager(rows)
+                            memory=sample_memory, compiled=compiled, timed=not args.memory_only)
+        if args.compile:
+            _against_eager(rows)
         print(_table([r for r in rows if r["model"] == case.name]), flush=True)
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

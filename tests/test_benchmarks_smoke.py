@@ -69,6 +69,19 @@ def test_speed_smoke_rows():
     assert report["commit"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+modified)?", report["commit"])
 
 
+def test_speed_memory_only_counts_peaks_without_timing():
+    import pclab.allocator
+
+    if pclab.allocator.heap_info() is None:
+        pytest.skip("no glibc heap counters (mallinfo2) to sample")
+    report = _load("speed").main(["--smoke", "--memory-only"])
+    assert {r["algorithm"] for r in report["rows"]} == {"bp", "exact", "fpa", "pc", "incremental"}
+    for row in report["rows"]:
+        assert "ms_per_step" not in row and row["peak_memory_vs_bp"] > 0
+    bp = next(r for r in report["rows"] if r["algorithm"] == "bp")
+    assert bp["peak_memory_vs_bp"] == pytest.approx(1.0, abs=0.05)  # the same step measured twice
+
+
 def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     results, peers = tmp_path / "results", tmp_path / "peers"
     results.mkdir()
@@ -93,6 +106,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     (results / "speed.json").write_text(json.dumps(speed))
     again = {**speed, "rows": [{**speed["rows"][0], "model": "mlp", "vs_budget": 0.5}]}
     (results / "speed-mlp.json").write_text(json.dumps(again))
+    memory = {**speed, "rows": [{"model": "cnn", "algorithm": "fpa", "T": 8, "peak_memory_vs_bp": 2.468}]}
+    (results / "speed-memory.json").write_text(json.dumps(memory))
     default_heap = {**again, "machine": {**speed["machine"], "heap": "glibc defaults"}}
     (results / "speed-mlp-default-malloc.json").write_text(json.dumps(default_heap))
     pcx = {"date_utc": "2000-01-03T00:00:00+00:00", "command": "python compare_pcx.py --fabricated",
@@ -115,6 +130,9 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     assert "Runs in which pclab warned (the messages are in the JSON): m / pc seed 1." in text
     # A re-measured subset of speed.py's models gets its own section next to the full table.
     assert "(mlp, re-measured)" in text and "| 1.23 | 4.32 | 0.50 |" in text
+    # a memory-only re-measurement says it has no timings, and shows dashes for them
+    assert "(cnn, peak memory re-measured, no timings)" in text
+    assert "| cnn | fpa | 8 |  | - | - | - |  | 2.47 | - |" in text
     # one re-measured without pclab's heap setting says so in its heading
     assert "(mlp, re-measured, glibc's default heap)" in text
     # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.

@@ -26,7 +26,7 @@ in the same process, under the same setting.
 
     python benchmarks/speed.py                 # full table, writes benchmarks/results/speed.json
     python benchmarks/speed.py --models "mlp 784-128-128-10" --json benchmarks/results/speed-mlp.json  # a subset, rendered beside it
-    python benchmarks/speed.py --memory-only --json benchmarks/results/speed-memory.json  # peaks alone
+    python benchmarks/speed.py --memory-only --json benchmarks/results/speed-memory.json
     python benchmarks/speed.py --smoke         # seconds: what the test suite runs
 
 ``--memory-only`` skips the timings: the heap peaks are counted, not timed, so they
@@ -178,12 +178,20 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
     model = case.build()
     x, y = case.batch(batch)
     configs = {f"{a}:{t}": _training_step(model, x, y, a, t, compiled) for a, t in algorithms}
-    if not timed:
+    rows = [{"model": case.name, "algorithm": a, "T": t if a != "bp" else None, "compiled": compiled}
+            for a, t in algorithms]
+    if timed:
+        _add_timings(rows, configs, _reference_steps(model, x, y, compiled), rounds, repeat)
+    if memory and not compiled:
         peak_bp = _peak_bytes(configs["bp:1"], model)
-        return [{"model": case.name, "algorithm": a, "T": t if a != "bp" else None, "compiled": False,
-                 "peak_memory_vs_bp": _peak_bytes(configs[key], model) / max(peak_bp, 1.0)}
-                for (a, t), key in zip(algorithms, configs)]
-    refs = _reference_steps(model, x, y, compiled)
+        for row, step in zip(rows, configs.values()):
+            row["peak_memory_vs_bp"] = _peak_bytes(step, model) / max(peak_bp, 1.0)
+    return rows
+
+
+def _add_timings(rows: list[dict], configs: dict[str, Callable[[], None]],
+                 refs: dict[str, Callable[[], None]], rounds: int, repeat: int) -> None:
+    """Each row's median step time, against backprop and against its algorithm's budget."""
     timings: dict[str, list[float]] = {k: [] for k in [*configs, *refs]}
     for fn in [*configs.values(), *refs.values()]:
         fn()  # warm up: graph capture, optimizer state
@@ -194,29 +202,17 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
     t_fwd, t_fb, t_opt = med["fwd"], med["fwd+bwd"], med["opt"]
     t_bwd = max(t_fb - t_fwd, 1e-9)
     t_bp = med["bp:1"]
-    memory = memory and not compiled
-    peak_bp = _peak_bytes(configs["bp:1"], model) if memory else math.nan
-    rows = []
-    for (algorithm, steps), key in zip(algorithms, configs):
-        t = med[key]
-        row = {"model": case.name, "algorithm": algorithm, "T": steps if algorithm != "bp" else None,
-               "compiled": compiled, "ms_per_step": 1e3 * t, "steps_per_s": 1.0 / t, "vs_bp": t / t_bp}
-        if algorithm == "fpa":
-            row["budget"] = "fwd + T bwd"
-            row["vs_budget"] = t / (t_fwd + steps * t_bwd + t_opt)
-        elif algorithm == "pc":
-            row["budget"] = "T (fwd+bwd)"
-            row["vs_budget"] = t / (steps * t_fb + t_opt)
-        elif algorithm == "incremental":
-            row["budget"] = "T bp"
-            row["vs_budget"] = t / (steps * t_bp)
-        elif algorithm == "exact":
-            row["budget"] = "bp"
-            row["vs_budget"] = t / t_bp
-        if memory:
-            row["peak_memory_vs_bp"] = _peak_bytes(configs[key], model) / max(peak_bp, 1.0)
-        rows.append(row)
-    return rows
+    for row, key in zip(rows, configs):
+        t, steps = med[key], row["T"]
+        row.update({"ms_per_step": 1e3 * t, "steps_per_s": 1.0 / t, "vs_bp": t / t_bp})
+        if row["algorithm"] == "fpa":
+            row.update(budget="fwd + T bwd", vs_budget=t / (t_fwd + steps * t_bwd + t_opt))
+        elif row["algorithm"] == "pc":
+            row.update(budget="T (fwd+bwd)", vs_budget=t / (steps * t_fb + t_opt))
+        elif row["algorithm"] == "incremental":
+            row.update(budget="T bp", vs_budget=t / (steps * t_bp))
+        elif row["algorithm"] == "exact":
+            row.update(budget="bp", vs_budget=t / t_bp)
 
 
 TARGETS = {"exact": 1.3, "fpa": 1.1, "pc": 1.1, "incremental": 1.1}

@@ -275,8 +275,8 @@ def student_runs(config: SampleEfficiencyConfig, teachers: list[dict], out: Path
         t = record["config"]
         students.append(StudentRun(
             size=t["size"], seed=t["seed"], test_size=t["test_size"], dataset=t["dataset"],
-            data_dir=t["data_dir"], compile=config.compile, algorithm=t["algorithm"], width=config.width, depth=config.depth,
-            activation=config.activation, lr=config.lr, batch_size=config.batch_size,
+            data_dir=t["data_dir"], compile=config.compile, algorithm=t["algorithm"], width=config.width,
+            depth=config.depth, activation=config.activation, lr=config.lr, batch_size=config.batch_size,
             steps=standard_steps(config, t["size"] + config.unlabelled), eval_points=config.eval_points,
             pc_steps=config.pc_steps, pc_step_size=config.pc_step_size, loss="mse", teacher_id=record["id"],
             teacher_file=str(artifact(out, record, "outputs").resolve())

@@ -29,7 +29,8 @@ not that the edge is best. The chosen setting's validation curve then sets the
 epoch count (:func:`stop_epoch`: training stops where validation accuracy peaked),
 for every algorithm alike. Scores already in the results file for the same suite
 table, data and split are reused rather than rerun (``--retune`` reruns them); a
-reused chosen setting without a recorded curve is rerun once for it.
+reused chosen setting without a recorded curve is rerun once for it. Each score is
+saved as its run finishes, so a search stopped halfway resumes from its last score.
 
 Datasets resolve to ``<repo>/../shared/datasets/<folder>`` (``--data-root``
 overrides the parent folder); a suite whose files are absent is skipped with a note.
@@ -240,16 +241,19 @@ def weight_decay_grid(best: dict[str, float]) -> list[dict[str, float]]:
 
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
           data_dir: Path | None, val: data_lib.Dataset, log, run_many: RunMany = _serial,
-          known: Scores | None = None) -> dict[str, Any]:
+          known: Scores | None = None,
+          scored: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The point with the best validation accuracy (ties: the first evaluated); seed 0.
 
     :func:`tuning_grid` first, then :func:`weight_decay_grid` at its best point; each
     followed by :func:`beyond_edge` until the best point is inside what was evaluated
     (no decay stays the choice unless some decay scores higher). ``known`` maps
     :func:`_point` of a setting to its scores measured earlier with the same
-    configuration; those settings are not rerun.
+    configuration; those settings are not rerun. ``scored`` gets an unfinished tuning
+    record (``"partial": true``: every score so far, ``known``'s included) after each
+    new score, so that a search of hours that stops resumes where it stopped.
     """
-    known = known or {}
+    known = dict(known or {})
     points: list[dict[str, float]] = []
     scores: list[float | None] = []
     curves: list[list[float] | None] = []  # validation accuracy after each epoch (None: not recorded)
@@ -260,17 +264,22 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
         while todo:
             fresh = [p for p in todo if _point(p) not in known]
             configs = [_config(suite, algorithm, variant, {**extra, **p, "seed": 0}, data_dir) for p in fresh]
-            results = dict(zip(map(_point, fresh), ((r["test_accuracy"], r.get("test_accuracy_per_epoch"))
-                                                    for r in run_many(configs, val))))
+            results = iter(run_many(configs, val))  # in the order of ``fresh``, each as it finishes
             for point in todo:
-                if _point(point) not in results:
+                new = _point(point) not in known
+                if new:
+                    r = next(results)
+                    known[_point(point)] = (point, r["test_accuracy"], r.get("test_accuracy_per_epoch"))
+                else:
                     reused.append(len(points))
-                score, curve = results.get(_point(point)) or known[_point(point)]
+                _, score, curve = known[_point(point)]
                 points.append(point)
                 scores.append(score)
                 curves.append(curve)
                 log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(score)}"
-                    + (" (reused)" if _point(point) not in results else ""))
+                    + ("" if new else " (reused)"))
+                if new and scored is not None:
+                    scored(_partial(known))
             best = points[max(range(len(points)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))]
             todo = beyond_edge(base, points, best)
         return best
@@ -288,6 +297,13 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
     return {"grid": points, "validation_accuracy": scores, "validation_accuracy_per_epoch": curves,
             "chosen": best, "base_grid_size": len(base) + len(decay), "reused": reused,
             "stop_epoch": stop_epoch(curves[at]), "stop_epoch_curve_rerun": rerun}
+
+
+def _partial(known: Scores) -> dict[str, Any]:
+    """A tuning record of an unfinished search: its scores, in the shape :func:`_earlier_scores` reads."""
+    grid, accuracy, curves = zip(*known.values())
+    return {"partial": True, "grid": list(grid), "validation_accuracy": list(accuracy),
+            "validation_accuracy_per_epoch": list(curves)}
 
 
 def stop_epoch(curve: list[float | None] | None) -> int | None:
@@ -337,8 +353,8 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
               run_many: RunMany = _serial, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every (variant, algorithm, seed) of ``suite``; the entry ``accuracy.json`` holds for it.
 
-    ``save`` gets the entry so far after every run (``"complete": false`` until the
-    last), so a run of hours that stops keeps what finished. ``earlier`` is this
+    ``save`` gets the entry so far after every run, tuning runs included (``"complete":
+    false`` until the last), so a run of hours that stops keeps what finished. ``earlier`` is this
     suite's entry from the results file: its tuning scores are reused where the
     table, data and validation split are the same.
     """
@@ -362,15 +378,20 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
              "tuned": tune, "tuning": tuning, "validation_split": split,
              "table_entry": {"config": suite.config, "per_algorithm": suite.per_algorithm,
                              "variants": suite.variants, "overrides": extra},
-             "hyperparameters": hyper, "runs": runs, "complete": False}
+             "hyperparameters": hyper, "runs": runs, "summary": [], "complete": False}
     known = _earlier_scores(earlier, entry) if tune else {}
     for label, variant in suite.variants.items():
         for algorithm in algorithms:
             chosen = dict(extra)
             if tune:
                 key = f"{label}/{algorithm}"
+
+                def scored(partial: dict[str, Any], key: str = key) -> None:
+                    tuning[key] = partial
+                    if save is not None:
+                        save(entry)
                 tuning[key] = t = _tune(suite, algorithm, variant, extra, data_dir, val, log, run_many,
-                                        known.get(key))
+                                        known.get(key), scored)
                 if t["reused"]:  # say which run measured them: it may have run older code
                     t["reused_from"] = _part_of(earlier, algorithm)
                 chosen.update(t["chosen"])
@@ -390,7 +411,8 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
     return entry
 
 
-Scores = dict[str, tuple[float | None, list[float] | None]]
+# A setting's scores by its :func:`_point`: the setting, its final validation accuracy, its curve.
+Scores = dict[str, tuple[dict[str, float], float | None, list[float] | None]]
 
 
 def _earlier_scores(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Scores]:
@@ -400,7 +422,7 @@ def _earlier_scores(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> di
     same = [k for k in _SAME_SUITE_KEYS if k != "seeds"] + ["validation_split"]
     if not earlier or any(earlier.get(k) != entry[k] for k in same):
         return {}
-    return {key: {_point(p): (a, c) for p, a, c in
+    return {key: {_point(p): (p, a, c) for p, a, c in
                   zip(t["grid"], t["validation_accuracy"],
                       t.get("validation_accuracy_per_epoch") or [None] * len(t["grid"]))}
             for key, t in earlier.get("tuning", {}).items()}
@@ -569,12 +591,12 @@ def _provenance(entry: dict[str, Any]) -> list[str]:
 
 def _render_accuracy(name: str, entry: dict[str, Any], source: str) -> list[str]:
     hyper = entry["hyperparameters"]
-    any_cfg = next(iter(hyper.values()))
+    any_cfg = next(iter(hyper.values()), None)  # None: every algorithm is still tuning
     shared = {k: any_cfg[k] for k in ("epochs", "batch_size", "optimizer", "lr", "steps", "step_size",
-                                      "weight_decay", "loss", "threads")}
+                                      "weight_decay", "loss", "threads")} if any_cfg else {}
     varying = {k for cfg in hyper.values() for k in shared if cfg[k] != shared[k]}
     shown = ", ".join(f"{k} {'the algorithm default' if v is None else v}" for k, v in shared.items()
-                      if k not in varying)
+                      if k not in varying) or "none chosen yet"
     status = [] if entry.get("complete", True) else [
         f"- **incomplete**: {len(entry['runs'])} of "
         f"{len(entry['table_entry']['variants']) * len(entry['algorithms']) * len(entry['seeds'])} runs "
@@ -612,9 +634,15 @@ def _tuning_lines(entry: dict[str, Any]) -> list[str]:
     split = entry["validation_split"]
     return [f"- tuned per algorithm on a validation split of the training set ({split['train']} train / "
             f"{split['validation']} validation, seed {split['seed']}); the test set was not looked at:",
-            *(f"  - {key}: chose {_point(t['chosen'])} from {len(t['grid'])} settings{_searched(t)}{_stopped(t)} "
-              f"(validation accuracy {', '.join(f'{_point(p)}: {_fmt(a)}' for p, a in zip(t['grid'], t['validation_accuracy']))})"
+            *(f"  - {key}: {_outcome(t)} (validation accuracy "
+              f"{', '.join(f'{_point(p)}: {_fmt(a)}' for p, a in zip(t['grid'], t['validation_accuracy']))})"
               for key, t in entry["tuning"].items())]
+
+
+def _outcome(tuning: dict[str, Any]) -> str:
+    if tuning.get("partial"):
+        return f"tuning unfinished, {len(tuning['grid'])} settings scored so far"
+    return f"chose {_point(tuning['chosen'])} from {len(tuning['grid'])} settings{_searched(tuning)}{_stopped(tuning)}"
 
 
 def _stopped(tuning: dict[str, Any]) -> str:

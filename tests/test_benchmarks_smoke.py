@@ -251,6 +251,37 @@ def test_tuning_reuses_scores_from_the_results_file_unless_told_to_retune(accura
     assert retuned["suites"]["digits-mlp"]["tuning"][key]["reused"] == []
 
 
+def test_a_tuning_search_stopped_halfway_resumes_from_the_scores_it_saved(accuracy, tmp_path, monkeypatch):
+    """Every tuning score is saved as its run ends: a search of hours that is killed loses one run."""
+    out, key = tmp_path / "accuracy.json", "mlp 64-128-128-10/bp"
+
+    class Stopped(Exception):
+        pass
+
+    def stopped_after_two(configs, dataset):
+        for done, config in enumerate(configs):
+            if done == 2:
+                raise Stopped
+            yield accuracy._run_one(config, dataset)
+
+    with monkeypatch.context() as m:
+        m.setattr(accuracy, "_serial", stopped_after_two)
+        with pytest.raises(Stopped):
+            accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--json", str(out)])
+    saved = json.loads(out.read_text())["suites"]["digits-mlp"]
+    partial = saved["tuning"][key]
+    assert partial["partial"] and len(partial["grid"]) == 2 and saved["runs"] == [] and not saved["complete"]
+    rendered = accuracy.render(tmp_path)
+    assert f"{key}: tuning unfinished, 2 settings scored so far" in rendered and "**incomplete**" in rendered
+
+    resumed = accuracy.main(["--smoke", "--tune", "--algorithms", "bp", "--json", str(out)])
+    fresh = accuracy.main(["--smoke", "--tune", "--algorithms", "bp"])  # the same search, never stopped
+    t, t0 = resumed["suites"]["digits-mlp"]["tuning"][key], fresh["suites"]["digits-mlp"]["tuning"][key]
+    assert t["reused"] == [0, 1] and "partial" not in t
+    assert (t["grid"], t["validation_accuracy"], t["chosen"]) == (t0["grid"], t0["validation_accuracy"], t0["chosen"])
+    assert json.loads(out.read_text())["suites"]["digits-mlp"]["complete"] is True
+
+
 def test_parallel_jobs_give_the_numbers_of_one_process(accuracy, tmp_path):
     """``--jobs 2`` runs tuning points and seeds in spawned processes: same results, same order."""
     out = tmp_path / "parallel.json"
@@ -280,7 +311,6 @@ def test_a_suite_split_over_invocations_keeps_every_algorithms_runs(accuracy, tm
     assert [p["algorithms"] for p in entry["parts"]] == [["bp"], ["pc"]]
     assert {row["algorithm"] for row in entry["summary"]} == {"bp", "pc"}
     # rerunning one algorithm replaces its runs, not the other's
-    # --threads 1 is the default: saying it does not make a different suite.
     accuracy.main(["--smoke", "--algorithms", "pc", "--threads", "1", "--json", str(out)])
     entry = json.loads(out.read_text())["suites"]["digits-mlp"]
     assert [r["algorithm"] for r in entry["runs"]] == ["bp", "pc"] and len(entry["parts"]) == 2

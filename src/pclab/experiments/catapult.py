@@ -40,7 +40,7 @@ from . import common
 from .common import fmt, require, table
 from .sharpness import top_eigenvalue
 from .sweep import results as flat_results
-from .sweep import added_later, run_sweep
+from .sweep import execution_only, run_sweep
 from .training import (Recipe, accuracy, eval_schedule, load_data, loss_fn, mean_loss,
                        train)
 
@@ -116,7 +116,7 @@ class CatapultRun:
     pc_step_size: float
     dataset: str
     data_dir: str | None
-    compile: bool = added_later(False)
+    compile: bool = execution_only(False)
 
     @property
     def label(self) -> str:

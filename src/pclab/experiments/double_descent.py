@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from . import common
 from .common import fmt, require, table
 from .sweep import results as flat_results
-from .sweep import added_later, run_sweep
+from .sweep import execution_only, run_sweep
 from .training import Recipe, accuracy, load_data, mean_loss, train
 
 VARIANTS = ("rf", "mlp")
@@ -143,7 +143,7 @@ class WidthRun:
     pc_step_size: float
     dataset: str
     data_dir: str | None
-    compile: bool = added_later(False)
+    compile: bool = execution_only(False)
 
     @property
     def label(self) -> str:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import common
 from .common import fmt, require, table
 from .sweep import results as flat_results
-from .sweep import added_later, run_sweep
+from .sweep import execution_only, run_sweep
 from .training import Recipe, accuracy, mean_loss, train, weight_norm
 
 TARGET = 0.99
@@ -137,7 +137,7 @@ class GrokRun:
     layers: int
     pc_steps: int
     pc_step_size: float
-    compile: bool = added_later(False)
+    compile: bool = execution_only(False)
 
     @property
     def label(self) -> str:

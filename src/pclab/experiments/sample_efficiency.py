@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from . import common
 from .common import fmt, require, table
 from .sharpness import top_eigenvalue
-from .sweep import added_later, artifact, run_sweep
+from .sweep import execution_only, artifact, run_sweep
 from .sweep import results as flat_results
 from .training import Recipe, accuracy, load_data, loss_fn, train
 
@@ -179,7 +179,7 @@ class _Data:
     test_size: int
     dataset: str
     data_dir: str | None
-    compile: bool = added_later(False)
+    compile: bool = execution_only(False)
 
 
 @dataclass(frozen=True)

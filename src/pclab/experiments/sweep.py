@@ -2,11 +2,10 @@
 
 A sweep is a list of run configs (small frozen dataclasses) and a module-level
 function ``fn(config) -> dict`` that performs one run. :func:`run_sweep` gives each
-config a stable id, ``<label>-<hash of every field>`` (a field declared with
-:data:`ADDED_LATER` metadata counts only away from its default, so adding it keeps
-the ids of runs already recorded), and keeps each finished run
-as ``<out>/runs/<id>.json`` holding the config, the result, its wall time and the
-host. Files are written atomically (temporary file, fsync, rename), so a killed
+config a stable id, ``<label>-<hash of every field>`` (but those declared with
+:func:`execution_only`: how a run executes, not what it computes), and keeps each
+finished run as ``<out>/runs/<id>.json`` holding the config, the result, its wall
+time and the host. Files are written atomically (temporary file, fsync, rename), so a killed
 sweep leaves only whole files, and a rerun skips every run whose file exists: it
 resumes where it stopped. Changing any hyperparameter changes the hash, so stale
 results are never reused for a different config.
@@ -53,14 +52,15 @@ class RunFailed(RuntimeError):
     """A run raised; the message names it and its config. Finished runs are kept."""
 
 
-# Field metadata for a field added to a run config after runs were recorded: at its
-# default it stays out of the hash, so those runs keep their ids and still resume.
-ADDED_LATER = {"id": "omit at default"}
+# Field metadata for how a run executes (e.g. through torch.compile) rather than what it
+# computes: recorded with the config but left out of the hash, so a sweep resumes its runs
+# whichever way each ran, and one folder can hold runs that ran differently.
+EXECUTION_ONLY = {"id": "omit"}
 
 
-def added_later(default: Any) -> Any:
-    """A keyword-only dataclass field with :data:`ADDED_LATER` metadata."""
-    return dataclasses.field(default=default, kw_only=True, metadata=ADDED_LATER)
+def execution_only(default: Any) -> Any:
+    """A keyword-only dataclass field with :data:`EXECUTION_ONLY` metadata."""
+    return dataclasses.field(default=default, kw_only=True, metadata=EXECUTION_ONLY)
 
 
 def config_dict(config: Any) -> dict:
@@ -74,7 +74,7 @@ def run_id(config: Any) -> str:
     """``<label>-<10 hex digits of the config's hash>``; the label is ``config.label`` if any."""
     fields = config_dict(config)
     for f in dataclasses.fields(config):
-        if f.metadata == ADDED_LATER and getattr(config, f.name) == f.default:
+        if f.metadata == EXECUTION_ONLY:
             del fields[f.name]
     payload = json.dumps({"type": type(config).__name__, **fields}, sort_keys=True)
     digest = hashlib.sha1(payload.encode()).hexdigest()[:10]

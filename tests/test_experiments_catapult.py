@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pclab.experiments import COMMANDS, catapult
 from pclab.experiments.catapult import classify
-from pclab.experiments.common import ConfigError
+from pclab.experiments.common import ConfigError, fmt
 
 LR = 0.1  # 2 / lr = 20
 
@@ -82,6 +82,9 @@ def test_summary_numbers_come_from_the_records(tiny_run):
     for alg in ("bp", "pc"):
         regimes = [letters[r["result"]["regime"]] for r in stored if r["config"]["algorithm"] == alg]
         assert f"| {alg} | 16 | {' | '.join(regimes)} |" in summary
+        heights = [fmt(r["result"]["peak_loss"] / r["result"]["initial_loss"], 3)
+                   for r in stored if r["config"]["algorithm"] == alg]
+        assert f"| {alg} | 16 | {' | '.join(heights)} |" in summary
         lazy = [r for r in stored if r["config"]["algorithm"] == alg and r["result"]["regime"] == "lazy"]
         if lazy:
             acc = max(r["result"]["test_acc"] for r in lazy)

@@ -249,14 +249,16 @@ def majority(regimes: Sequence[str]) -> str:
 def analyse(records: list[dict]) -> dict:
     """The numbers the summary states, computed from the raw records."""
     rows = flat_results(records)
-    out: dict = {"lambda0": {}, "regimes": {}, "c_max": {}, "first_divergent": {}, "spike": {},
-                 "settle": {}, "help": {}}
+    out: dict = {"lambda0": {}, "regimes": {}, "spike_height": {}, "c_max": {}, "first_divergent": {},
+                 "spike": {}, "settle": {}, "help": {}}
     for (w,), group in sorted(common.group(rows, "width").items()):
         out["lambda0"][w] = statistics.fmean(r["lambda0"] for r in group)
     for (a, w), group in sorted(common.group(rows, "algorithm", "width").items()):
         by_c = common.group(group, "c")
         regimes = {c: majority([r["regime"] for r in rs]) for (c,), rs in sorted(by_c.items())}
         out["regimes"][(a, w)] = regimes
+        out["spike_height"][(a, w)] = {c: statistics.fmean(r["peak_loss"] / r["initial_loss"] for r in rs)
+                                       for (c,), rs in sorted(by_c.items())}
         ok = [c for c, reg in regimes.items() if reg != "divergent"]
         bad = [c for c, reg in regimes.items() if reg == "divergent"]
         out["c_max"][(a, w)] = max(ok) if ok else math.nan
@@ -317,6 +319,14 @@ def summarise(records: list[dict], config: CatapultConfig) -> str:
         table(["algorithm", "width", *[f"c={c:g}" for c in cs], "largest non-divergent c"],
               [[alg, w, *[letters[reg[c]] if c in reg else "" for c in cs], fmt(a["c_max"][(alg, w)], 3)]
                for (alg, w), reg in a["regimes"].items()]),
+        "",
+        "Spike height: the highest training loss over the initial loss (mean over seeds). A "
+        "regime letter says the loss rose somewhere; above 1 it rose past where it started, "
+        "the catapult's spike seen plainly.",
+        "",
+        table(["algorithm", "width", *[f"c={c:g}" for c in cs]],
+              [[alg, w, *[fmt(h[c], 3) if c in h else "" for c in cs]]
+               for (alg, w), h in a["spike_height"].items()]),
         "",
         "## Measured answers",
         "",

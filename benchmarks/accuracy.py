@@ -353,10 +353,10 @@ def run_suite(name: str, suite: Suite, *, seeds: list[int], algorithms: tuple[st
               run_many: RunMany = _serial, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every (variant, algorithm, seed) of ``suite``; the entry ``accuracy.json`` holds for it.
 
-    ``save`` gets the entry so far after every run, tuning runs included (``"complete":
-    false`` until the last), so a run of hours that stops keeps what finished. ``earlier`` is this
-    suite's entry from the results file: its tuning scores are reused where the
-    table, data and validation split are the same.
+    ``save`` gets the entry so far after every run, tuning runs included
+    (``"complete": false`` until the last), so a run of hours that stops keeps what
+    finished. ``earlier`` is this suite's entry from the results file: its tuning
+    scores are reused where the table, data and validation split are the same.
     """
     data_dir = _data_dir(suite, data_root)
     # One class-balanced subset (data seed 0) for every run, so seeds vary only the training.

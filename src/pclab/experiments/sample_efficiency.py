@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from . import common
 from .common import fmt, require, table
 from .sharpness import top_eigenvalue
-from .sweep import execution_only, artifact, run_sweep
+from .sweep import artifact, execution_only, run_sweep
 from .sweep import results as flat_results
 from .training import Recipe, accuracy, load_data, loss_fn, train
 

@@ -5,9 +5,9 @@ function ``fn(config) -> dict`` that performs one run. :func:`run_sweep` gives e
 config a stable id, ``<label>-<hash of every field>`` (but those declared with
 :func:`execution_only`: how a run executes, not what it computes), and keeps each
 finished run as ``<out>/runs/<id>.json`` holding the config, the result, its wall
-time and the host. Files are written atomically (temporary file, fsync, rename), so a killed
-sweep leaves only whole files, and a rerun skips every run whose file exists: it
-resumes where it stopped. Changing any hyperparameter changes the hash, so stale
+time and the host. Files are written atomically (temporary file, fsync, rename), so
+a killed sweep leaves only whole files, and a rerun skips every run whose file
+exists: it resumes where it stopped. Changing any hyperparameter changes the hash, so stale
 results are never reused for a different config.
 
 Backends, chosen per call:

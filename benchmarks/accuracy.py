@@ -642,7 +642,8 @@ def _tuning_lines(entry: dict[str, Any]) -> list[str]:
 def _outcome(tuning: dict[str, Any]) -> str:
     if tuning.get("partial"):
         return f"tuning unfinished, {len(tuning['grid'])} settings scored so far"
-    return f"chose {_point(tuning['chosen'])} from {len(tuning['grid'])} settings{_searched(tuning)}{_stopped(tuning)}"
+    return (f"chose {_point(tuning['chosen'])} from {len(tuning['grid'])} settings"
+            f"{_searched(tuning)}{_stopped(tuning)}")
 
 
 def _stopped(tuning: dict[str, Any]) -> str:

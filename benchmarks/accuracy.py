@@ -253,11 +253,13 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
     record (``"partial": true``: every score so far, ``known``'s included) after each
     new score, so that a search of hours that stops resumes where it stopped.
     """
-    known = dict(known or {})
-    points: list[dict[str, float]] = []
-    scores: list[float | None] = []
-    curves: list[list[float] | None] = []  # validation accuracy after each epoch (None: not recorded)
+    known = dict(known or {})  # every score so far, by setting
+    points: list[dict[str, float]] = []  # the settings in the order the search visited them
     reused: list[int] = []
+
+    def score(point: dict[str, float]) -> float:
+        accuracy = known[_point(point)][1]
+        return accuracy if accuracy is not None else -1.0
 
     def search(base: list[dict[str, float]]) -> dict[str, float]:
         todo = base
@@ -272,15 +274,12 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
                     known[_point(point)] = (point, r["test_accuracy"], r.get("test_accuracy_per_epoch"))
                 else:
                     reused.append(len(points))
-                _, score, curve = known[_point(point)]
                 points.append(point)
-                scores.append(score)
-                curves.append(curve)
-                log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(score)}"
+                log(f"  tune {algorithm} {_point(point)}: validation accuracy {_fmt(known[_point(point)][1])}"
                     + ("" if new else " (reused)"))
                 if new and scored is not None:
                     scored(_partial(known))
-            best = points[max(range(len(points)), key=lambda i: (scores[i] if scores[i] is not None else -1.0, -i))]
+            best = points[max(range(len(points)), key=lambda i: (score(points[i]), -i))]
             todo = beyond_edge(base, points, best)
         return best
 
@@ -288,15 +287,17 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
     best = search(base)
     decay = weight_decay_grid(best)
     best = search(decay)
-    at = points.index(best)
-    rerun = curves[at] is None and scores[at] is not None
+    _, accuracy, curve = known[_point(best)]
+    rerun = curve is None and accuracy is not None
     if rerun:  # scored by an earlier run that kept only the final accuracy
         config = _config(suite, algorithm, variant, {**extra, **best, "seed": 0}, data_dir)
-        curves[at] = next(iter(run_many([config], val)))["test_accuracy_per_epoch"]
+        curve = next(iter(run_many([config], val)))["test_accuracy_per_epoch"]
+        known[_point(best)] = (best, accuracy, curve)
         log(f"  tune {algorithm} {_point(best)}: reran for its validation curve")
-    return {"grid": points, "validation_accuracy": scores, "validation_accuracy_per_epoch": curves,
+    return {"grid": points, "validation_accuracy": [known[_point(p)][1] for p in points],
+            "validation_accuracy_per_epoch": [known[_point(p)][2] for p in points],
             "chosen": best, "base_grid_size": len(base) + len(decay), "reused": reused,
-            "stop_epoch": stop_epoch(curves[at]), "stop_epoch_curve_rerun": rerun}
+            "stop_epoch": stop_epoch(curve), "stop_epoch_curve_rerun": rerun}
 
 
 def _partial(known: Scores) -> dict[str, Any]:

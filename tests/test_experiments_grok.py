@@ -79,9 +79,12 @@ def test_compiled_learners_reproduce_the_eager_sweep_and_say_so(tiny_run, tmp_pa
     (compiled,) = records
     (reference,) = [r for r in eager if r["config"]["algorithm"] == "pc"]
     assert compiled["config"]["compile"] and compiled["id"] == reference["id"]
+    # Rounding differences grow over 60 AdamW steps, by how much depends on the CPU's
+    # kernels: 5e-4 of the last loss on an AMD EPYC, under 1e-4 elsewhere. A different
+    # computation would miss by far more (the loss falls from 2.4 to 0.39).
     for key in ("train_loss", "weight_norm"):
         got = torch.tensor([e[key] for e in compiled["result"]["evals"]])
         want = torch.tensor([e[key] for e in reference["result"]["evals"]])
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-6)
     assert "1 of 1 runs ran their learner through torch.compile" in (tmp_path / "summary.md").read_text()
     assert json.loads((tmp_path / "config.json").read_text())["compile"] is True

@@ -104,25 +104,29 @@ def test_incremental_with_one_tick_and_sgd_is_one_backprop_step_on_the_output_la
     assert torch.equal(model.fc1.weight, w1)
 
 
+@pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("graph", GRAPHS, ids=[g.name for g in GRAPHS])
-def test_incremental_pc_is_gradient_descent_on_the_energy_in_values_and_weights_at_once(graph):
+def test_incremental_pc_is_gradient_descent_on_the_energy_in_values_and_weights_at_once(graph, steps):
     """Each tick: every value moves by -step_size * dF/dv of its own example's energy, and
     SGD moves the weights by -lr * dF/dtheta of the batch-mean energy, both at the same
     state; F written out in full and differentiated by autograd is the reference."""
     model, x, y = make(graph, torch.float64)
     model.eval()  # dropout off: the reference must see the same network
     reference = make(graph, torch.float64)[0].eval()
-    steps, step_size, lr, B = 4, 0.2, 0.05, y.shape[0]
+    step_size, lr, B = 0.2, 0.05, y.shape[0]
 
     captured = pclab.capture(reference, x)
     params = list(captured.parameters)
     _, _, values, _ = captured.forward_cut(*x)
     values = [v.detach() for v in values]
+    energies = []
     for _ in range(steps):
         values = [v.requires_grad_(True) for v in values]
         out, *mus = captured.predict(*x, *values)
         energy = sum(0.5 * (v - m).pow(2).sum() for v, m in zip(values, mus)) \
             + F.cross_entropy(out, y, reduction="sum")
+        energies.append(energy.item() / B)
+        errors = [(v - m).detach() for v, m in zip(values, mus)]
         grads = torch.autograd.grad(energy / B, [*values, *params])
         with torch.no_grad():
             values = [v - step_size * B * g for v, g in zip(values, grads)]
@@ -130,10 +134,14 @@ def test_incremental_pc_is_gradient_descent_on_the_energy_in_values_and_weights_
                 p -= lr * g
 
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    pclab.PredictiveCoding(model, loss="ce", algorithm="incremental", steps=steps,
-                           step_size=step_size).step(x, y, optimizer=opt)
+    result = pclab.PredictiveCoding(model, loss="ce", algorithm="incremental", steps=steps,
+                                    step_size=step_size).step(x, y, optimizer=opt)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), name
+    # The energy at every tick, and the last tick's errors, are the reference's too.
+    assert result.energy_trace == pytest.approx(energies, rel=1e-10, abs=1e-12)
+    for got, want in zip(result.errors.values(), errors):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("graph", GRAPHS, ids=[g.name for g in GRAPHS])

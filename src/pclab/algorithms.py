@@ -332,7 +332,7 @@ class Incremental:
     def compiled(self, compile: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Outcome]:
         """``run`` with each tick through ``compile`` (its errors, VJP, norms and value
         move fused); the optimizer steps between ticks stay outside the compiled
-        programs (one for the first tick, one for the others)."""
+        programs (one for the first tick, one for the middle ones, one for the last)."""
         first, following = compile(self._first), compile(self._next)
         return lambda problem, optimizer=None: self._ticks(problem, optimizer, first, following)
 
@@ -351,12 +351,14 @@ class Incremental:
                 grads = neg_errors = None
                 for p in problem.params:
                     p.grad = None
+                # The last tick's moved values would go unused: it takes no VJP at the values.
+                move = t < self.steps - 1
                 if t == 0:
-                    feedforward, values, neg_errors, loss_sum, grads, norms = first(problem, replay)
+                    feedforward, values, neg_errors, loss_sum, grads, norms = first(problem, replay, move)
                     feedforward_loss = loss_sum
                 else:
-                    values, neg_errors, loss_sum, grads, norms = following(problem, _leaves(values), replay)
-                trace.record_norms(norms[:len(neg_errors)], loss_sum)  # norms: the sign does not matter
+                    values, neg_errors, loss_sum, grads, norms = following(problem, _leaves(values), replay, move)
+                trace.record_norms(norms[:len(values)], loss_sum)  # norms: the sign does not matter
                 # Finite exactly when this tick's energies and gradients are (a gradient
                 # whose norm passes float's range counts as diverged); earlier ticks passed.
                 tick = norms.sum() + loss_sum
@@ -366,53 +368,79 @@ class Incremental:
                 optimizer.step()
         finally:
             replay.close()
-        return Outcome(feedforward, feedforward_loss, learning.scaled(neg_errors, -1.0), trace.tensor(B), None)
+        errors = [torch.zeros_like(v) for v in values] if neg_errors is None else learning.scaled(neg_errors, -1.0)
+        return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), None)
 
-    def _first(self, problem: Problem, replay: Replay) -> tuple[Any, ...]:
-        """The forward pass, then the first tick at its values."""
+    def _first(self, problem: Problem, replay: Replay, move: bool) -> tuple[Any, ...]:
+        """The forward pass, then the first tick at its values.
+
+        Every value sits at its prediction there, so only the output has an error:
+        the energy's VJP starts from the loss alone and reaches only the output's
+        parents and their weights (every other gradient is exactly zero), a fraction
+        of the backward pass a tick otherwise takes.
+        """
         out, mus, values, _ = problem.graph.forward_cut(*problem.inputs)
         replay.first_done()
-        feedforward, values = out.detach(), list(values)
-        signals = self._signals(problem, values, out, list(mus))
-        del out, mus  # spent: freed before the value move allocates (eager mode's peak)
-        return (feedforward, *self._move(values, *signals))
+        del mus  # all equal to their values
+        receivers = _schedule(problem.graph, 1)[0][0].receivers if move else ()
+        signals = self._signals(problem, list(values), receivers, out)
+        feedforward = out.detach()
+        del out  # spent: freed before the value move allocates (eager mode's peak)
+        return (feedforward, *self._move(list(values), receivers, *signals))
 
-    def _next(self, problem: Problem, values: list[Tensor], replay: Replay) -> tuple[Any, ...]:
+    def _next(self, problem: Problem, values: list[Tensor], replay: Replay, move: bool) -> tuple[Any, ...]:
         """A later tick: predictions recomputed from the moved values and new weights."""
         out, mus = _evaluate(problem, values, replay)
-        signals = self._signals(problem, values, out, mus)
+        receivers = tuple(range(len(values))) if move else ()
+        signals = self._signals(problem, values, receivers, out, mus)
         del out, mus  # as in _first
-        return self._move(values, *signals)
+        return self._move(values, receivers, *signals)
 
     @staticmethod
-    def _signals(problem: Problem, values: list[Tensor], out: Tensor, mus: list[Tensor]) -> tuple[Any, ...]:
-        """``-e``, the summed loss, the energy's VJP at the values, each weight's
+    def _signals(problem: Problem, values: list[Tensor], receivers: tuple[int, ...], out: Tensor,
+                 mus: list[Tensor] | None = None) -> tuple[Any, ...]:
+        """``-e`` (``None`` when every value sits at its prediction, ``mus`` not given),
+        the summed loss, the energy's VJP at the receivers' values, each weight's
         ``dF/dtheta``, and the VJP's cotangent scale (what :meth:`_move` takes)."""
-        n, B = len(values), problem.batch_size
-        neg_errors = _errors(mus, values)
+        B = problem.batch_size
         loss_sum = problem.loss.per_example(out, problem.target).sum()
         # One VJP for values and weights. Its cotangents' scale s scales both results:
         # the weights want the batch mean (s = 1/B), the values per-example signals
         # (s = 1). Whichever side is not served gets one rescaling pass, so the
         # smaller side takes it.
         s = _cotangent_scale(problem, values)
-        d = torch.autograd.grad([loss_sum, *mus], [*values, *problem.params],
-                                [torch.full_like(loss_sum, s), *learning.scaled(neg_errors, s)],
-                                materialize_grads=True)
-        return neg_errors, loss_sum.detach(), list(d[:n]), learning.scaled(d[n:], 1.0 / (s * B)), s
+        roots, cotangents = [loss_sum], [torch.full_like(loss_sum, s)]
+        neg_errors = None
+        if mus is not None:
+            neg_errors = _errors(mus, values)
+            roots += mus
+            cotangents += learning.scaled(neg_errors, s)
+        at = [values[i] for i in receivers]
+        d = torch.autograd.grad(roots, [*at, *problem.params], cotangents, materialize_grads=True)
+        return neg_errors, loss_sum.detach(), list(d[:len(at)]), learning.scaled(d[len(at):], 1.0 / (s * B)), s
 
-    def _move(self, values: list[Tensor], neg_errors: list[Tensor], loss_sum: Tensor, vjp: list[Tensor],
-              grads: list[Tensor], scale: float) -> tuple[Any, ...]:
-        """The moved values, ``-e``, the summed loss, the weight gradients, and the norms
-        of the errors then the gradients (the trace's, and the divergence check's).
+    def _move(self, values: list[Tensor], receivers: tuple[int, ...], neg_errors: list[Tensor] | None,
+              loss_sum: Tensor, vjp: list[Tensor], grads: list[Tensor], scale: float) -> tuple[Any, ...]:
+        """The values with the receivers' moved, ``-e``, the summed loss, the weight
+        gradients, and the norms of the errors then the gradients (the trace's, and the
+        divergence check's).
 
         The value move does not wait for the optimizer: it uses this tick's VJP only,
-        so it is computed inside the tick, fused with the rest when compiled. The moved
-        values leave without autograd history (a returned tensor autograd still tracks
-        would split the compiled program); the caller makes them leaves for the next tick.
+        so it is computed inside the tick, fused with the rest when compiled. Values
+        leave without autograd history (a returned tensor autograd still tracks would
+        split the compiled program); the caller makes them leaves for the next tick.
         """
-        moved = inference.energy_descent(values, neg_errors, vjp, self.step_size, scale)
-        return moved, neg_errors, loss_sum, grads, inference.norms([*neg_errors, *grads])
+        moved = [v.detach() for v in values]
+        stepped = inference.energy_descent([values[i] for i in receivers],
+                                           None if neg_errors is None else [neg_errors[i] for i in receivers],
+                                           vjp, self.step_size, scale)
+        for i, v in zip(receivers, stepped):
+            moved[i] = v
+        if neg_errors is None:
+            norms = torch.cat([loss_sum.new_zeros(len(values)), inference.norms(grads)])
+        else:
+            norms = inference.norms([*neg_errors, *grads])
+        return moved, neg_errors, loss_sum, grads, norms
 
 
 def _cotangent_scale(problem: Problem, values: Sequence[Tensor]) -> float:

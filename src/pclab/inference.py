@@ -71,7 +71,7 @@ def value_update(values: Sequence[Tensor], errors: Sequence[Tensor], feedback: S
         return moved
 
 
-def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor], vjp: Sequence[Tensor],
+def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor] | None, vjp: Sequence[Tensor],
                    step_size: float, scale: float) -> TensorList:
     """``v_i <- v_i - eta * dF/dv_i``, the same move as :func:`value_update`, from the VJP
     that also gives the weights their gradients.
@@ -79,15 +79,18 @@ def energy_descent(values: Sequence[Tensor], neg_errors: Sequence[Tensor], vjp: 
     ``vjp_i = scale * (dL/dv_i - sum_j J_ji^T e_j)`` is the energy's VJP with
     cotangent ``scale`` for the loss and ``-scale * e_j`` for each prediction, so
     ``dF/dv_i = e_i + vjp_i / scale``. Two fused passes over the values whatever the
-    scale, so the caller picks the scale that saves it a rescaling pass elsewhere.
-    The second pass adds into the first's fresh result rather than allocating
-    ``dF/dv`` apart: one set of activation-sized tensors fewer at the step's peak.
+    scale, so the caller picks the scale that saves it a rescaling pass elsewhere;
+    one where ``neg_errors`` is ``None``, which says every value sits at its
+    prediction (``e_i = 0``). The second pass adds into the first's fresh result
+    rather than allocating ``dF/dv`` apart: one set of activation-sized tensors
+    fewer at the step's peak.
     """
     if not values:
         return []
     with torch.no_grad():  # as in value_update
         moved = torch._foreach_add(list(values), list(vjp), alpha=-step_size / scale)
-        torch._foreach_add_(moved, list(neg_errors), alpha=step_size)  # v - eta * (vjp / scale - (-e))
+        if neg_errors is not None:
+            torch._foreach_add_(moved, list(neg_errors), alpha=step_size)  # v - eta * (vjp / scale - (-e))
         return moved
 
 

@@ -8,7 +8,12 @@ and speed cancel:
   optimizer step (the cost FPA's T steps should stay within 1.1x of);
 - ``T (fwd+bwd)``: T forward+backward passes plus the optimizer step (PC's budget);
 - ``T bp``: T backprop steps, optimizer included (incremental PC's budget: it steps
-  the optimizer at every one of its T ticks).
+  the optimizer at every one of its T ticks);
+- ``incremental passes`` (eager): what an incremental tick computes beyond a backprop
+  step's forward, backward and optimizer step (its errors, value move and error
+  norms), timed alone over tensors shaped as the model's value nodes. Eager PyTorch
+  cannot fuse them, so per tick they are a floor under eager incremental's ratio to
+  its budget.
 
 ``--compile`` adds the same table with ``compile=True`` (pclab's torch.compile path;
 backprop and the references compiled too, with ``torch.compile(model)``), its
@@ -55,7 +60,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import pclab
 import pclab.allocator
-from pclab import models
+from pclab import inference, models
+from pclab.algorithms import _errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when loaded by path
 from provenance import commit, cpu  # noqa: E402
@@ -180,13 +186,34 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
     configs = {f"{a}:{t}": _training_step(model, x, y, a, t, compiled) for a, t in algorithms}
     rows = [{"model": case.name, "algorithm": a, "T": t if a != "bp" else None, "compiled": compiled}
             for a, t in algorithms]
-    if timed:
-        _add_timings(rows, configs, _reference_steps(model, x, y, compiled), rounds, repeat)
     if memory and not compiled:
         peak_bp = _peak_bytes(configs["bp:1"], model)
         for row, step in zip(rows, configs.values()):
             row["peak_memory_vs_bp"] = _peak_bytes(step, model) / max(peak_bp, 1.0)
+    if timed and not compiled and any(a == "incremental" for a, _ in algorithms):
+        configs[PASSES] = _incremental_passes(model, x)
+        rows.append({"model": case.name, "algorithm": PASSES, "T": None, "compiled": False})
+    if timed:
+        _add_timings(rows, configs, _reference_steps(model, x, y, compiled), rounds, repeat)
     return rows
+
+
+PASSES = "incremental passes"
+
+
+def _incremental_passes(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One tick's errors, value move and error norms, the library's own functions on
+    the model's value shapes (its predictions stand in for the VJP, which has their
+    shapes). At least what an eager tick adds to a backprop step: models whose
+    weights outnumber their activations also pay a pass scaling the errors."""
+    _, mus, values, _ = pclab.capture(model, (x,)).forward_cut(x)
+    mus, values = [m.detach() for m in mus], [v.detach() for v in values]
+
+    def passes():
+        neg_errors = _errors(mus, values)
+        inference.energy_descent(values, neg_errors, mus, 0.1, 1.0)
+        inference.norms(neg_errors)
+    return passes
 
 
 def _add_timings(rows: list[dict], configs: dict[str, Callable[[], None]],
@@ -219,12 +246,12 @@ TARGETS = {"exact": 1.3, "fpa": 1.1, "pc": 1.1, "incremental": 1.1}
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'model':<22}{'algorithm':<13}{'T':>4}{'compiled':>9}{'ms/step':>10}{'steps/s':>10}{'x bp':>8}" \
+    head = f"{'model':<22}{'algorithm':<20}{'T':>4}{'compiled':>9}{'ms/step':>10}{'steps/s':>10}{'x bp':>8}" \
            f"{'x budget':>10}{'budget':>14}{'mem x bp':>10}{'x eager bp':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['model']:<22}{r['algorithm']:<13}{r['T'] or '':>4}{'yes' if r.get('compiled') else '':>9}"
+            f"{r['model']:<22}{r['algorithm']:<20}{r['T'] or '':>4}{'yes' if r.get('compiled') else '':>9}"
             f"{r.get('ms_per_step', math.nan):>10.2f}{r.get('steps_per_s', math.nan):>10.0f}"
             f"{r.get('vs_bp', math.nan):>8.2f}"
             f"{r.get('vs_budget', float('nan')):>10.2f}{r.get('budget', ''):>14}"

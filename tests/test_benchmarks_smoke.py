@@ -62,9 +62,13 @@ def test_accuracy_skips_a_suite_without_data(accuracy, tmp_path, capsys):
 
 def test_speed_smoke_rows():
     report = _load("speed").main(["--smoke"])
-    assert {r["algorithm"] for r in report["rows"]} == {"bp", "exact", "fpa", "pc", "incremental"}
+    assert {r["algorithm"] for r in report["rows"]} == {"bp", "exact", "fpa", "pc", "incremental",
+                                                        "incremental passes"}
     for row in report["rows"]:
         assert row["ms_per_step"] > 0 and row["vs_bp"] > 0
+    # Part of what a tick does, so cheaper than the tick (T = 2 here: two ticks a step).
+    steps = {r["algorithm"]: r["ms_per_step"] for r in report["rows"]}
+    assert steps["incremental passes"] < steps["incremental"] / 2
     assert set(report["machine"]) >= {"cpu", "cores", "torch", "heap"}
     assert report["commit"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+modified)?", report["commit"])
 

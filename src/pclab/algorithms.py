@@ -382,6 +382,7 @@ class Incremental:
         out, mus, values, _ = problem.graph.forward_cut(*problem.inputs)
         replay.first_done()
         del mus  # all equal to their values
+        # The first sweep's receivers: the output's parents, the only values the loss reaches.
         receivers = _schedule(problem.graph, 1)[0][0].receivers if move else ()
         signals = self._signals(problem, list(values), receivers, out)
         feedforward = out.detach()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import subprocess
 from pathlib import Path
@@ -28,11 +29,33 @@ OUTPUTS = ("benchmarks/results", "benchmarks/RESULTS.md", "benchmarks/peers/resu
 
 def commit() -> str | None:
     """The checked-out commit, ``+modified`` when tracked code (:data:`CODE`, less
-    :data:`OUTPUTS`) differs from it; None without git."""
+    :data:`OUTPUTS`) differs from it; None without git.
+
+    When the pclab that gets imported comes from another checkout (``PYTHONPATH`` at
+    an older one, to measure it with these scripts), that checkout's commit follows:
+    ``"<scripts' commit> (pclab <its commit>)"``.
+    """
+    scripts = _commit(REPO_ROOT)
+    library = _library_root()
+    if scripts is None or library is None or library == REPO_ROOT:
+        return scripts
+    return f"{scripts} (pclab {_commit(library)})"
+
+
+def _library_root() -> Path | None:
+    """The git checkout the importable pclab package lies in (``src/pclab``), if any."""
+    spec = importlib.util.find_spec("pclab")
+    if spec is None or spec.origin is None:
+        return None
+    root = Path(spec.origin).resolve().parents[2]
+    return root if (root / ".git").exists() else None
+
+
+def _commit(root: Path) -> str | None:
     try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no",
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
                                 "--", *CODE, *(f":!{path}" for path in OUTPUTS)],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

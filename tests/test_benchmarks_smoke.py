@@ -66,9 +66,6 @@ def test_speed_smoke_rows():
                                                         "incremental passes"}
     for row in report["rows"]:
         assert row["ms_per_step"] > 0 and row["vs_bp"] > 0
-    # Part of what a tick does, so cheaper than the tick (T = 2 here: two ticks a step).
-    steps = {r["algorithm"]: r["ms_per_step"] for r in report["rows"]}
-    assert steps["incremental passes"] < steps["incremental"] / 2
     assert set(report["machine"]) >= {"cpu", "cores", "torch", "heap"}
     assert report["commit"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+modified)?", report["commit"])
 
@@ -347,6 +344,7 @@ def test_a_result_records_its_code_modified_only_by_code_not_by_docs_or_benchmar
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
     monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "_library_root", lambda: tmp_path)
     clean = provenance.commit()
     assert clean and not clean.endswith("+modified")
     # another run writing its results leaves the code as committed
@@ -356,3 +354,9 @@ def test_a_result_records_its_code_modified_only_by_code_not_by_docs_or_benchmar
     assert provenance.commit() == clean
     (tmp_path / "src/lib.py").write_text("1\n")
     assert provenance.commit() == clean + "+modified"
+    # pclab imported from another checkout (an older one, measured with these scripts)
+    other = tmp_path / "older"
+    other.mkdir()
+    subprocess.run(["git", "clone", "-q", str(tmp_path), str(other)], check=True, capture_output=True)
+    monkeypatch.setattr(provenance, "_library_root", lambda: other)
+    assert provenance.commit() == f"{clean}+modified (pclab {clean})"

@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -58,6 +59,16 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch):
     out, records = tiny_run
     monkeypatch.setattr(se, "run_one", lambda run: pytest.fail(f"recomputed {run.label}"))
     again = se.run(TINY, out, workers=1, progress=False)
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in records)
+
+
+def test_a_moved_sweep_folder_resumes_every_run(tiny_run, tmp_path, monkeypatch):
+    """A student names its teacher by id; where the teacher's outputs lie moves with the
+    folder and is not part of the student's identity."""
+    out, records = tiny_run
+    moved = shutil.copytree(out, tmp_path / "moved")
+    monkeypatch.setattr(se, "run_one", lambda run: pytest.fail(f"recomputed {run.label}"))
+    again = se.run(TINY, moved, workers=1, progress=False)
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in records)
 
 

@@ -224,8 +224,10 @@ class CatapultRun(_Data):
 @dataclass(frozen=True)
 class StudentRun(StandardRun):
     teacher_id: str
-    teacher_file: str
     unlabelled: int
+    # Where the teacher's outputs lie, which moves with the sweep's folder; the teacher
+    # itself is pinned by teacher_id.
+    teacher_file: str = execution_only("")
 
     @property
     def label(self) -> str:

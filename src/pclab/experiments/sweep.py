@@ -52,9 +52,10 @@ class RunFailed(RuntimeError):
     """A run raised; the message names it and its config. Finished runs are kept."""
 
 
-# Field metadata for how a run executes (e.g. through torch.compile) rather than what it
-# computes: recorded with the config but left out of the hash, so a sweep resumes its runs
-# whichever way each ran, and one folder can hold runs that ran differently.
+# Field metadata for how a run executes (e.g. through torch.compile) or where it finds an
+# input another run wrote, rather than what it computes: recorded with the config but left
+# out of the hash, so a sweep resumes its runs whichever way each ran, in whatever folder
+# it now lies, and one folder can hold runs that ran differently.
 EXECUTION_ONLY = {"id": "omit"}
 
 

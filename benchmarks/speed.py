@@ -178,6 +178,24 @@ def _time(fn: Callable[[], None], repeat: int) -> float:
     return (time.perf_counter() - start) / repeat
 
 
+PASSES = "incremental passes"
+
+
+def _incremental_passes(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One tick's errors, value move and error norms, the library's own functions on
+    the model's value shapes (its predictions stand in for the VJP, which has their
+    shapes). At least what an eager tick adds to a backprop step: models whose
+    weights outnumber their activations also pay a pass scaling the errors."""
+    _, mus, values, _ = pclab.capture(model, (x,)).forward_cut(x)
+    mus, values = [m.detach() for m in mus], [v.detach() for v in values]
+
+    def passes():
+        neg_errors = _errors(mus, values)
+        inference.energy_descent(values, neg_errors, mus, 0.1, 1.0)
+        inference.norms(neg_errors)
+    return passes
+
+
 def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: int, repeat: int,
             memory: bool, compiled: bool = False, timed: bool = True) -> list[dict]:
     torch.manual_seed(0)
@@ -196,24 +214,6 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
     if timed:
         _add_timings(rows, configs, _reference_steps(model, x, y, compiled), rounds, repeat)
     return rows
-
-
-PASSES = "incremental passes"
-
-
-def _incremental_passes(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """One tick's errors, value move and error norms, the library's own functions on
-    the model's value shapes (its predictions stand in for the VJP, which has their
-    shapes). At least what an eager tick adds to a backprop step: models whose
-    weights outnumber their activations also pay a pass scaling the errors."""
-    _, mus, values, _ = pclab.capture(model, (x,)).forward_cut(x)
-    mus, values = [m.detach() for m in mus], [v.detach() for v in values]
-
-    def passes():
-        neg_errors = _errors(mus, values)
-        inference.energy_descent(values, neg_errors, mus, 0.1, 1.0)
-        inference.norms(neg_errors)
-    return passes
 
 
 def _add_timings(rows: list[dict], configs: dict[str, Callable[[], None]],

@@ -60,6 +60,17 @@ def test_summary_matches_records(tiny_run):
         assert row in summary
 
 
+def test_a_sweep_where_nothing_groks_still_writes_every_output(tmp_path):
+    """Steps to 99% are all missing after one step; the summary says so and the
+    steps-to-99% plot (log axis) is still drawn."""
+    config = dataclasses.replace(TINY, algorithms=("bp",), steps=1, eval_every=1)
+    (record,) = grok.run(config, tmp_path, workers=1, progress=False)
+    assert record["result"]["steps_to_val"] is None and record["result"]["steps_to_train"] is None
+    for name in ["results.json", "summary.md", "curves.png", "weight_norm.png", "steps_to_99.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "| 0.5 | 1 | bp | - (0/1) | - (0/1) |" in (tmp_path / "summary.md").read_text()
+
+
 def test_transformer_model_trains_with_pc():
     run = grok.GrokRun(model="transformer", p=5, fraction=0.5, weight_decay=1.0, algorithm="pc", seed=0,
                        lr=1e-3, steps=2, batch_size=0, eval_every=1, stop_when_grokked=True, width=8,

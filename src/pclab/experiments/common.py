@@ -149,12 +149,12 @@ def write_outputs(out: Path, config: Any, records: list[dict],
     if compiled:  # wall times are only comparable between runs that compiled alike
         summary += (f"\n{compiled} of {len(records)} runs ran their learner through torch.compile "
                     "(`--compile`); their wall times include compiling.\n")
-    plot(records, config, out)
     write_json_atomic(out / "config.json", {"experiment": type(config).__name__,
                                             **config_dict(config),
                                             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     write_json_atomic(out / "results.json", records)
     write_text_atomic(out / "summary.md", summary)
+    plot(records, config, out)  # last: a plot that fails still leaves the measured answer written
     return records
 
 

@@ -358,7 +358,10 @@ def plot(records: list[dict], config: GrokConfig, out: Path) -> list[Path]:
             ax.plot([p[0] for p in pts], [p[1]["steps_to_train"] for p in pts], "x--", label=f"{alg} train, f={f:g}")
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlim(left=0)  # weight decays are >= 0; symlog's margin would show negative ones
-    ax.set_yscale("log")
+    if any(math.isfinite(v[k]) for v in a.values() for k in ("steps_to_val", "steps_to_train")):
+        ax.set_yscale("log")
+    else:  # a log axis with no finite point cannot be drawn
+        ax.text(0.5, 0.5, "no run reached 99%", transform=ax.transAxes, ha="center")
     ax.set_xlabel("weight decay")
     ax.set_ylabel("steps to 99% (missing: not reached)")
     ax.legend(fontsize=7)

@@ -71,6 +71,16 @@ def test_a_sweep_where_nothing_groks_still_writes_every_output(tmp_path):
     assert "| 0.5 | 1 | bp | - (0/1) | - (0/1) |" in (tmp_path / "summary.md").read_text()
 
 
+def test_size_options_reach_every_run():
+    """The issue's anchor (full batch, width 512) and a smaller transformer are one
+    command each; an option left out keeps the preset's value."""
+    anchor = grok.make_config(model="mlp", p=97, batch_size=0, width=512, lr=3e-3)
+    assert {(r.batch_size, r.width, r.model) for r in grok.runs(anchor)} == {(0, 512, "mlp")}
+    small = grok.make_config(d_model=64, layers=1)
+    assert {(r.batch_size, r.d_model, r.layers) for r in grok.runs(small)} == \
+        {(grok.FULL.batch_size, 64, 1)}
+
+
 def test_transformer_model_trains_with_pc():
     run = grok.GrokRun(model="transformer", p=5, fraction=0.5, weight_decay=1.0, algorithm="pc", seed=0,
                        lr=1e-3, steps=2, batch_size=0, eval_every=1, stop_when_grokked=True, width=8,

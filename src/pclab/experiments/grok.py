@@ -22,7 +22,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 import typer
@@ -384,6 +384,11 @@ def command(
     steps: Annotated[int, typer.Option(help="Step budget per run (0: the preset's).")] = 0,
     eval_every: Annotated[int, typer.Option(help="Measure accuracy every this many steps (0: the preset's).")] = 0,
     pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per step, 0: full batch (default: the "
+                                                      "preset's).")] = None,
+    width: Annotated[int, typer.Option(help="MLP hidden units (0: the preset's).")] = 0,
+    d_model: Annotated[int, typer.Option(help="Transformer width (0: the preset's).")] = 0,
+    layers: Annotated[int, typer.Option(help="Transformer layers (0: the preset's).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/grok"),
     compile: common.Compile = False,
     workers: common.Workers = 2,
@@ -399,13 +404,15 @@ def command(
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", model: str = "", p: int = 0,
                 fractions: str = "", weight_decays: str = "", lr: float = 0.0, steps: int = 0,
-                eval_every: int = 0, pc_steps: int = 0, seed: int = 0, num_seeds: int = 0,
+                eval_every: int = 0, pc_steps: int = 0, batch_size: int | None = None, width: int = 0,
+                d_model: int = 0, layers: int = 0, seed: int = 0, num_seeds: int = 0,
                 compile: bool = False) -> GrokConfig:
     config = common.configure(
         QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile,
         model=model or None,
         p=p or None, lr=lr or None, steps=steps or None, eval_every=eval_every or None,
-        pc_steps=pc_steps or None,
+        pc_steps=pc_steps or None, batch_size=batch_size, width=width or None, d_model=d_model or None,
+        layers=layers or None,
         fractions=common.parse_list(fractions, float, "fractions") if fractions else None,
         weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None)
     config.validate()

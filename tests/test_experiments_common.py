@@ -38,6 +38,10 @@ from pclab.experiments.common import ConfigError, group
     (sample_efficiency, {"epochs": -3}, "epochs must be >= 1"),
     (sample_efficiency, {"max_steps": 10}, "below --min-steps"),
     (sample_efficiency, {"pc_step_size": -0.1}, "pc-step-size must be > 0"),
+    (catapult, {"pc_step_size": -0.1}, "pc-step-size must be > 0"),
+    (double_descent, {"pc_step_size": float("inf")}, "pc-step-size must be > 0"),
+    (grok, {"pc_step_size": -1.0}, "pc-step-size must be > 0"),
+    (grok, {"pc_steps": -2}, "pc-steps must be >= 1"),
 ], ids=lambda v: v.__name__.rsplit(".", 1)[-1] if hasattr(v, "__name__") else None)
 def test_bad_input_fails_before_any_run(module, options, message, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))

@@ -71,6 +71,22 @@ def test_a_sweep_where_nothing_groks_still_writes_every_output(tmp_path):
     assert "| 0.5 | 1 | bp | - (0/1) | - (0/1) |" in (tmp_path / "summary.md").read_text()
 
 
+def test_the_summary_names_runs_whose_pc_inference_overshot(tiny_run, tmp_path):
+    """Each step's overshoot (inference ending above its starting energy) is counted
+    in the record and named in the summary; the tiny sweep's step size never overshoots."""
+    out, records = tiny_run
+    (pc,) = [r for r in records if r["config"]["algorithm"] == "pc"]
+    assert pc["result"]["energy_rises"] == 0
+    assert "pc's inference lowered the energy at every step of all 1 pc runs." in (out / "summary.md").read_text()
+    config = dataclasses.replace(TINY, algorithms=("pc",), pc_step_size=3.0, steps=5, eval_every=5)
+    with pytest.warns(RuntimeWarning, match="raised the energy"):
+        (record,) = grok.run(config, tmp_path, workers=1, progress=False)
+    rises = record["result"]["energy_rises"]
+    assert 0 < rises <= 5
+    assert "In 1 of 1 pc runs, inference ended above" in (tmp_path / "summary.md").read_text()
+    assert f"{record['id']} ({rises} steps)" in (tmp_path / "summary.md").read_text()
+
+
 def test_size_options_reach_every_run():
     """The issue's anchor (full batch, width 512) and a smaller transformer are one
     command each; an option left out keeps the preset's value."""

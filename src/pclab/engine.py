@@ -47,6 +47,9 @@ class StepResult:
             (its loss term).
         energy_trace: total energy at each evaluation, the initial state first.
         errors: each value node's final per-example error ``e_i = v_i - mu_i``.
+        energy_rose: whether inference, where it is descent on the energy (``pc``),
+            ended above where it started: the step size overshot, so the weight
+            update is not the rule's. Always ``False`` for the other algorithms.
     """
 
     loss: float
@@ -55,6 +58,7 @@ class StepResult:
     energies: dict[str, float]
     energy_trace: list[float]
     errors: dict[str, Tensor]
+    energy_rose: bool = False
 
 
 def make_algorithm(algorithm: str | Algorithm, steps: int, step_size: float | None) -> Algorithm:
@@ -160,15 +164,19 @@ class PredictiveCoding:
             raise_if_diverged(graph, outcome.trace, outcome.checksum)
             learning.accumulate(params, outcome.grads)
         rows = outcome.trace.tolist()  # one transfer for the whole trace
-        if getattr(self.algorithm, "descends_energy", False) and not self._warned:
-            self._warned = _warn_if_energy_rose(sum(rows[0]), sum(rows[-1]), self.algorithm)
+        trace = [sum(row) for row in rows]
+        rose = getattr(self.algorithm, "descends_energy", False) and _energy_rose(trace[0], trace[-1])
+        if rose and not self._warned:
+            _warn_energy_rose(trace[0], trace[-1], self.algorithm)
+            self._warned = True
         return StepResult(
             loss=float(outcome.loss_sum) / batch,
-            energy=float(sum(rows[-1])),
+            energy=trace[-1],
             output=outcome.output,
             energies=dict(zip([*graph.names, OUTPUT], rows[-1])),
-            energy_trace=[sum(row) for row in rows],
+            energy_trace=trace,
             errors={n: e.detach() for n, e in zip(graph.names, outcome.errors)},
+            energy_rose=rose,
         )
 
 
@@ -254,22 +262,23 @@ def _own_code(fn: Any) -> Any:
     return types.MethodType(own, fn.__self__) if hasattr(fn, "__func__") else own
 
 
-def _warn_if_energy_rose(start: float, end: float, algorithm: Any) -> bool:
-    """Warn (and say so) when inference ended above where it started."""
+def _energy_rose(start: float, end: float) -> bool:
+    """Whether inference ended above where it started."""
     # Descent on the energy cannot end above its start unless the step overshoots
     # the energy's curvature (2 / largest eigenvalue; residual chains have large
     # ones). The gradients are then not the rule's, so say so instead of training on.
     # The absolute floor: a batch fitted to float precision starts at energy 0, and
     # inference's rounding then "raises" it to ~1e-20.
-    rose = end > start * (1 + 1e-3) + 1e-9
-    if rose:
-        warnings.warn(
-            f"inference raised the energy from {start:.4g} to {end:.4g}: step_size "
-            f"{algorithm.step_size:g} is too large for this model, so inference moved away from the "
-            f"equilibrium {algorithm.name}'s update assumes. Lower step_size (e.g. "
-            f"{algorithm.step_size / 10:g}). Said once per learner; "
-            "StepResult.energy_trace shows every step.", RuntimeWarning, stacklevel=3)
-    return rose
+    return end > start * (1 + 1e-3) + 1e-9
+
+
+def _warn_energy_rose(start: float, end: float, algorithm: Any) -> None:
+    warnings.warn(
+        f"inference raised the energy from {start:.4g} to {end:.4g}: step_size "
+        f"{algorithm.step_size:g} is too large for this model, so inference moved away from the "
+        f"equilibrium {algorithm.name}'s update assumes. Lower step_size (e.g. "
+        f"{algorithm.step_size / 10:g}). Said once per learner; "
+        "StepResult.energy_rose and energy_trace tell every step.", RuntimeWarning, stacklevel=3)
 
 
 def _random_origin(graph: CapturedGraph) -> str:

@@ -89,8 +89,8 @@ class CatapultConfig:
                     f"images of {self.dataset}")
         require(self.steps >= 1, f"--steps must be >= 1; got {self.steps}")
         require(self.sharpness_every >= 1, f"--sharpness-every must be >= 1; got {self.sharpness_every}")
-        require(self.depth >= 1 and self.pc_steps >= 1 and self.pc_step_size > 0,
-                "depth and pc_steps must be >= 1 and pc_step_size > 0")
+        require(self.depth >= 1, f"depth must be >= 1; got {self.depth}")
+        common.check_pc(self.pc_steps, self.pc_step_size)
         require(self.test_size >= 0, f"--test-size must be >= 0; got {self.test_size}")
 
 
@@ -450,7 +450,8 @@ def command(
     cs: Annotated[str, typer.Option(help="Comma-separated multiples c of 2/lambda0 (default: the preset's).")] = "",
     steps: Annotated[int, typer.Option(help="Full-batch SGD steps (0: the preset's).")] = 0,
     train_size: Annotated[int, typer.Option(help="Training images (0: the preset's).")] = 0,
-    pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
+    pc_steps: common.PcSteps = 0,
+    pc_step_size: common.PcStepSize = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/catapult"),
     compile: common.Compile = False,
     data_dir: common.DataDir = None,
@@ -466,7 +467,8 @@ def command(
 
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str = "", cs: str = "",
-                steps: int = 0, train_size: int = 0, pc_steps: int = 0, data_dir: Path | str | None = None,
+                steps: int = 0, train_size: int = 0, pc_steps: int = 0, pc_step_size: float = 0.0,
+                data_dir: Path | str | None = None,
                 seed: int = 0, num_seeds: int = 0, compile: bool = False) -> CatapultConfig:
     """The preset with the command line's overrides, checked (raises :class:`ConfigError`)."""
     data, available = common.image_data(data_dir)
@@ -474,6 +476,7 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str =
         QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile,
         **data, widths=common.parse_list(widths, int, "widths") if widths else None,
         cs=common.parse_list(cs, float, "cs") if cs else None,
-        steps=steps or None, train_size=train_size or None, pc_steps=pc_steps or None)
+        steps=steps or None, train_size=train_size or None, pc_steps=pc_steps or None,
+        pc_step_size=pc_step_size or None)
     config.validate(available=available)
     return config

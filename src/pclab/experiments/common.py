@@ -25,7 +25,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import numpy as np
 import typer
 
-from .sweep import config_dict, write_json_atomic, write_text_atomic
+from .sweep import config_dict, results, write_json_atomic, write_text_atomic
 from .training import ALGORITHMS, dataset_size, resolve_data
 
 T = TypeVar("T")
@@ -42,6 +42,8 @@ NumSeeds = Annotated[int, typer.Option(help="Seeds per grid point (0: the preset
 DataDir = Annotated[Optional[Path], typer.Option(help="Fashion-MNIST folder (default: $PCLAB_DATA/fashion-mnist, "
                                                  "../shared/datasets/fashion-mnist, else digits).")]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+PcSteps = Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")]
+PcStepSize = Annotated[float, typer.Option(help="PC inference step size (0: the preset's).")]
 Compile = Annotated[bool, typer.Option(help="Run every learner through torch.compile: the same updates to rounding, "
                                        "faster where per-op overhead dominates (small models, PC's many "
                                        "inference steps); each run compiles first.")]
@@ -115,6 +117,12 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_pc(pc_steps: int, pc_step_size: float) -> None:
+    """Raise :class:`ConfigError` unless PC's inference steps and step size are usable."""
+    require(pc_steps >= 1, f"--pc-steps must be >= 1; got {pc_steps}")
+    require(pc_step_size > 0 and math.isfinite(pc_step_size), f"--pc-step-size must be > 0; got {pc_step_size}")
+
+
 def check_positive(values: Sequence[float], option: str, *, integer: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``values`` is a non-empty grid of distinct positive numbers."""
     require(len(values) > 0, f"--{option} is empty: the grid needs at least one value")
@@ -149,6 +157,7 @@ def write_outputs(out: Path, config: Any, records: list[dict],
     if compiled:  # wall times are only comparable between runs that compiled alike
         summary += (f"\n{compiled} of {len(records)} runs ran their learner through torch.compile "
                     "(`--compile`); their wall times include compiling.\n")
+    summary += energy_rise_note(records)
     write_json_atomic(out / "config.json", {"experiment": type(config).__name__,
                                             **config_dict(config),
                                             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -156,6 +165,23 @@ def write_outputs(out: Path, config: Any, records: list[dict],
     write_text_atomic(out / "summary.md", summary)
     plot(records, config, out)  # last: a plot that fails still leaves the measured answer written
     return records
+
+
+def energy_rise_note(records: list[dict]) -> str:
+    """The summary's word on pc's inference: in which runs some steps' inference ended
+    above the energy it started at (its step size overshot, so those weight updates
+    are not pc's rule; :attr:`pclab.StepResult.energy_rose`). Empty where no pc run
+    recorded it (records older than the count)."""
+    rows = [r for r in results(records) if r.get("algorithm") == "pc" and "energy_rises" in r]
+    if not rows:
+        return ""
+    rose = [r for r in rows if r["energy_rises"]]
+    if not rose:
+        return f"\npc's inference lowered the energy at every step of all {len(rows)} pc runs.\n"
+    return (f"\nIn {len(rose)} of {len(rows)} pc runs, inference ended above the energy it started at "
+            "in some steps (the step size overshot; those steps' weight updates are not pc's rule): "
+            + ", ".join(f"{r['id']} ({r['energy_rises']} steps)" for r in rose)
+            + ". A smaller `--pc-step-size` keeps inference descending.\n")
 
 
 # ------------------------------------------------------------------- statistics

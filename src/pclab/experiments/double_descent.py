@@ -94,7 +94,8 @@ class DoubleDescentConfig:
         require(0 <= self.label_noise < 1, f"--label-noise must lie in [0, 1); got {self.label_noise}")
         require(self.downsample >= 1, f"--downsample must be >= 1; got {self.downsample}")
         require(self.steps >= 1 and self.eval_every >= 1, "--steps and eval_every must be >= 1")
-        require(self.lr > 0 and self.test_size >= 0 and self.pc_steps >= 1, "lr > 0, test_size >= 0, pc_steps >= 1")
+        require(self.lr > 0 and self.test_size >= 0, "lr > 0, test_size >= 0")
+        common.check_pc(self.pc_steps, self.pc_step_size)
         common.check_positive(self.relative_ridges, "relative-ridges")
 
 
@@ -242,7 +243,8 @@ def run_width(run: WidthRun) -> dict:
     return {"variant": "mlp", "inputs": x.shape[1], "params": sum(p.numel() for p in model.parameters()),
             "threshold_width": threshold_width(len(y), x.shape[1], classes),
             **{k: last[k] for k in ("train_err", "test_err", "train_loss", "test_loss")},
-            "evals": history.evals, "diverged": history.diverged, "reason": history.reason}
+            "evals": history.evals, "diverged": history.diverged, "reason": history.reason,
+            "energy_rises": history.energy_rises}
 
 
 def run(config: DoubleDescentConfig, out: Path, *, workers: int = 2, ray: bool = False,
@@ -430,7 +432,8 @@ def command(
     train_size: Annotated[int, typer.Option(help="Training images (0: the preset's).")] = 0,
     label_noise: Annotated[float, typer.Option(help="Fraction of flipped labels (-1: the preset's).")] = -1.0,
     steps: Annotated[int, typer.Option(help="Training steps per MLP (0: the preset's).")] = 0,
-    pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
+    pc_steps: common.PcSteps = 0,
+    pc_step_size: common.PcStepSize = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/double-descent"),
     compile: common.Compile = False,
     data_dir: common.DataDir = None,
@@ -447,7 +450,7 @@ def command(
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str = "", widths: str = "",
                 weight_decays: str = "", train_size: int = 0, label_noise: float = -1.0, steps: int = 0,
-                pc_steps: int = 0, data_dir: Path | str | None = None, seed: int = 0,
+                pc_steps: int = 0, pc_step_size: float = 0.0, data_dir: Path | str | None = None, seed: int = 0,
                 num_seeds: int = 0, compile: bool = False) -> DoubleDescentConfig:
     preset = QUICK if quick else FULL
     data, available = common.image_data(data_dir)
@@ -462,7 +465,7 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str
         features=grid(features, "features"), widths=grid(widths, "widths"),
         weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None,
         train_size=train_size or None, label_noise=None if label_noise == -1.0 else label_noise,
-        steps=steps or None, pc_steps=pc_steps or None,
+        steps=steps or None, pc_steps=pc_steps or None, pc_step_size=pc_step_size or None,
         downsample=preset.downsample if data["dataset"] == "fashion-mnist" else 1)
     config.validate(available=available)
     return config

@@ -103,7 +103,8 @@ class GrokConfig:
         require(self.lr > 0 and math.isfinite(self.lr), f"--lr must be positive; got {self.lr}")
         require(self.steps >= 1 and self.eval_every >= 1, "--steps and --eval-every must be >= 1")
         require(self.batch_size >= 0, "--batch-size must be >= 0 (0: full batch)")
-        for name in ("width", "embed_dim", "d_model", "heads", "layers", "pc_steps"):
+        common.check_pc(self.pc_steps, self.pc_step_size)
+        for name in ("width", "embed_dim", "d_model", "heads", "layers"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1; got {getattr(self, name)}")
         require(self.d_model % self.heads == 0, f"heads={self.heads} must divide d_model={self.d_model}")
 
@@ -210,7 +211,7 @@ def run_one(run: GrokRun) -> dict:
         "final_val_acc": evals[-1]["val_acc"] if evals else math.nan,
         "final_weight_norm": evals[-1]["weight_norm"] if evals else math.nan,
         "steps_run": len(history.loss), "evals": evals, "diverged": history.diverged,
-        "reason": history.reason,
+        "reason": history.reason, "energy_rises": history.energy_rises,
     }
 
 
@@ -383,7 +384,8 @@ def command(
     lr: Annotated[float, typer.Option(help="AdamW learning rate (0: the preset's).")] = 0.0,
     steps: Annotated[int, typer.Option(help="Step budget per run (0: the preset's).")] = 0,
     eval_every: Annotated[int, typer.Option(help="Measure accuracy every this many steps (0: the preset's).")] = 0,
-    pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
+    pc_steps: common.PcSteps = 0,
+    pc_step_size: common.PcStepSize = 0.0,
     batch_size: Annotated[Optional[int], typer.Option(help="Pairs per step, 0: full batch (default: the "
                                                       "preset's).")] = None,
     width: Annotated[int, typer.Option(help="MLP hidden units (0: the preset's).")] = 0,
@@ -404,14 +406,15 @@ def command(
 
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", model: str = "", p: int = 0,
                 fractions: str = "", weight_decays: str = "", lr: float = 0.0, steps: int = 0,
-                eval_every: int = 0, pc_steps: int = 0, batch_size: int | None = None, width: int = 0,
+                eval_every: int = 0, pc_steps: int = 0, pc_step_size: float = 0.0,
+                batch_size: int | None = None, width: int = 0,
                 d_model: int = 0, layers: int = 0, seed: int = 0, num_seeds: int = 0,
                 compile: bool = False) -> GrokConfig:
     config = common.configure(
         QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile,
         model=model or None,
         p=p or None, lr=lr or None, steps=steps or None, eval_every=eval_every or None,
-        pc_steps=pc_steps or None, batch_size=batch_size, width=width or None, d_model=d_model or None,
+        pc_steps=pc_steps or None, pc_step_size=pc_step_size or None, batch_size=batch_size, width=width or None, d_model=d_model or None,
         layers=layers or None,
         fractions=common.parse_list(fractions, float, "fractions") if fractions else None,
         weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None)

@@ -134,7 +134,7 @@ class SampleEfficiencyConfig:
         common.check_algorithms(self.algorithms)
         require(len(self.seeds) > 0, "no seeds: --num-seeds must be >= 1")
         for name in ("width", "depth", "batch_size", "epochs", "width_multiplier", "catapult_steps",
-                     "eval_points", "pc_steps"):
+                     "eval_points"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1; got {getattr(self, name)}")
         from pclab.models import Activation
 
@@ -148,8 +148,7 @@ class SampleEfficiencyConfig:
                 "lr > 0; min_steps, max_steps, unlabelled, test_size, catapult_batch >= 0")
         require(self.max_steps == 0 or self.max_steps >= self.min_steps,
                 f"--max-steps {self.max_steps} is below --min-steps {self.min_steps}; raise it, or 0 for no cap")
-        require(self.pc_step_size > 0 and math.isfinite(self.pc_step_size),
-                f"--pc-step-size must be > 0; got {self.pc_step_size}")
+        common.check_pc(self.pc_steps, self.pc_step_size)
         require(self.loss in ("mse", "ce"), f"loss must be 'mse' or 'ce'; got {self.loss!r}")
         require(self.metric in METRICS, f"metric must be one of {METRICS}; got {self.metric!r}")
         if self.anchor:
@@ -331,7 +330,7 @@ def _fit(model: nn.Module, recipe: Recipe, x: Tensor, targets: Tensor, xt: Tenso
             "best_test_acc": max(accs) if accs else math.nan, "evals": history.evals,
             "final_train_loss": history.loss[-1] if history.loss else math.nan,
             "steps": len(history.loss), "diverged": history.diverged, "reason": history.reason,
-            "params": sum(p.numel() for p in model.parameters())}
+            "energy_rises": history.energy_rises, "params": sum(p.numel() for p in model.parameters())}
 
 
 def run_standard(run: StandardRun) -> dict:
@@ -638,8 +637,8 @@ def command(
     catapult_c: Annotated[float, typer.Option(help="Catapult lr as a multiple of 2/lambda0 (0: the preset's).")] = 0.0,
     catapult_weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay of the catapult net (-1: the preset's).")] = -1.0,
     catapult_steps: Annotated[int, typer.Option(help="Steps of the catapult net (0: the preset's).")] = 0,
-    pc_steps: Annotated[int, typer.Option(help="PC inference steps (0: the preset's).")] = 0,
-    pc_step_size: Annotated[float, typer.Option(help="PC inference step size (0: the preset's).")] = 0.0,
+    pc_steps: common.PcSteps = 0,
+    pc_step_size: common.PcStepSize = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/sample-efficiency"),
     compile: common.Compile = False,
     data_dir: common.DataDir = None,

@@ -93,7 +93,9 @@ def check_algorithm(name: str) -> str:
 @dataclass
 class History:
     """What a run measured: the loss at every step (before it), the weight norm after
-    every step, and the rows ``evaluate`` returned."""
+    every step, and the rows ``evaluate`` returned. ``energy_rises`` counts the steps
+    whose inference ended above the energy it started at (``pc`` only: its step
+    size overshot there, :attr:`pclab.StepResult.energy_rose`)."""
 
     loss: list[float] = field(default_factory=list)
     weight_norm: list[float] = field(default_factory=list)
@@ -102,6 +104,7 @@ class History:
     diverged_at: int | None = None
     reason: str = ""
     stopped_at: int | None = None
+    energy_rises: int = 0
 
     def column(self, key: str) -> list[Any]:
         return [row.get(key) for row in self.evals]
@@ -109,7 +112,7 @@ class History:
     def as_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "weight_norm": self.weight_norm, "evals": self.evals, "diverged": self.diverged,
                 "diverged_at": self.diverged_at, "reason": self.reason,
-                "stopped_at": self.stopped_at}
+                "stopped_at": self.stopped_at, "energy_rises": self.energy_rises}
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -171,6 +174,7 @@ def train(model: nn.Module, recipe: Recipe, x: Tensor, y: Tensor, *, seed: int =
             break
         loss = result.loss
         history.loss.append(loss)
+        history.energy_rises += result.energy_rose
         if not math.isfinite(loss) or (history.loss[0] > 0 and loss > blowup * history.loss[0]):
             history.diverged, history.diverged_at = True, step
             history.reason = f"loss {loss:.3g} at step {step} (first {history.loss[0]:.3g})"

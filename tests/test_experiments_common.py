@@ -72,3 +72,17 @@ def test_compile_reaches_every_training_run(module, monkeypatch):
                if module is sample_efficiency else module.runs(config))
     trained = [r for r in planned if hasattr(r, "algorithm")]
     assert config.compile and trained and all(r.compile for r in trained)
+
+
+def test_the_energy_rise_note_counts_only_runs_that_recorded_it():
+    """Records written before the count was kept say nothing either way; the note says how many."""
+    from pclab.experiments.common import energy_rise_note
+
+    def record(i, algorithm, **result):
+        return {"id": f"r{i}", "config": {"algorithm": algorithm}, "result": result, "wall_s": 1.0}
+
+    assert energy_rise_note([record(0, "pc"), record(1, "bp")]) == ""
+    note = energy_rise_note([record(0, "pc"), record(1, "pc", energy_rises=0), record(2, "bp", energy_rises=0)])
+    assert "lowered the energy at every step of all 1 pc runs (1 more pc runs were recorded before" in note
+    note = energy_rise_note([record(0, "pc", energy_rises=3), record(1, "pc", energy_rises=0)])
+    assert "In 1 of 2 pc runs, inference ended above" in note and "r0 (3 steps)" in note and "r1" not in note

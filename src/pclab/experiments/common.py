@@ -172,14 +172,17 @@ def energy_rise_note(records: list[dict]) -> str:
     above the energy it started at (its step size overshot, so those weight updates
     are not pc's rule; :attr:`pclab.StepResult.energy_rose`). Empty where no pc run
     recorded it (records older than the count)."""
-    rows = [r for r in results(records) if r.get("algorithm") == "pc" and "energy_rises" in r]
+    pc = [r for r in results(records) if r.get("algorithm") == "pc"]
+    rows = [r for r in pc if "energy_rises" in r]
     if not rows:
         return ""
+    older = (f" ({len(pc) - len(rows)} more pc runs were recorded before this count was kept)"
+             if len(rows) < len(pc) else "")
     rose = [r for r in rows if r["energy_rises"]]
     if not rose:
-        return f"\npc's inference lowered the energy at every step of all {len(rows)} pc runs.\n"
-    return (f"\nIn {len(rose)} of {len(rows)} pc runs, inference ended above the energy it started at "
-            "in some steps (the step size overshot; those steps' weight updates are not pc's rule): "
+        return f"\npc's inference lowered the energy at every step of all {len(rows)} pc runs{older}.\n"
+    return (f"\nIn {len(rose)} of {len(rows)} pc runs{older}, inference ended above the energy it started "
+            "at in some steps (the step size overshot; those steps' weight updates are not pc's rule): "
             + ", ".join(f"{r['id']} ({r['energy_rises']} steps)" for r in rose)
             + ". A smaller `--pc-step-size` keeps inference descending.\n")
 

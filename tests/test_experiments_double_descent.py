@@ -20,6 +20,16 @@ def test_interior_peaks():
     assert dd.interior_peaks([1, 2, 3], [3.0, 2.0, 1.0]) == []
 
 
+def test_the_peak_is_the_local_maximum_that_rises_most_after_a_first_descent():
+    """A bump while the error still falls (index 2, 0.01 above index 1) loses to the
+    rise at the threshold (index 5, 0.2 above index 3), though it stands higher."""
+    ys = [0.9, 0.79, 0.8, 0.4, 0.45, 0.6, 0.3]
+    assert dd.second_ascent(ys) == (5, 3)
+    assert dd.second_ascent([3.0, 2.0, 1.0]) is None
+    assert dd._peak([1, 2, 4, 8, 16, 32, 64], ys) == {"x": 32, "value": 0.6, "rise": pytest.approx(0.2),
+                                                     "from_x": 8}
+
+
 def feature_run(p, **kw):
     base = dict(features=p, seed=0, train_size=60, test_size=100, label_noise=0.1, downsample=1,
                 relative_ridges=(1e-4, 1e-2, 1.0), dataset="digits", data_dir=None)
@@ -81,3 +91,4 @@ def test_summary_matches_records(tiny_run):
         errs = [r["result"]["test_err"] for r in sorted(
             (r for r in stored if r["config"].get("algorithm") == alg), key=lambda r: r["config"]["width"])]
         assert f"| {alg} | 0 | {errs[0]:.3f} | {errs[1]:.3f} |" in summary
+        assert f"- {alg}: the test-MSE peak's rise by weight decay: 0: no peak." in summary  # two widths

@@ -267,6 +267,28 @@ def interior_peaks(xs: list[float], ys: list[float]) -> list[int]:
     return [i for i in range(1, len(ys) - 1) if ys[i] > ys[i - 1] and ys[i] > ys[i + 1]]
 
 
+def second_ascent(ys: list[float]) -> tuple[int, int] | None:
+    """The double-descent peak as ``(i, j)``: the interior local maximum ``i`` that stands
+    highest above ``j``, the lowest point before it (the rise after a first descent).
+    A small bump while the error still falls from its start rises little and loses to
+    the peak at the threshold, however high it stands. ``None`` without a local maximum."""
+    best = None
+    for i in interior_peaks(list(range(len(ys))), ys):
+        j = min(range(i), key=ys.__getitem__)
+        if best is None or ys[i] - ys[j] > ys[best[0]] - ys[best[1]]:
+            best = (i, j)
+    return best
+
+
+def _peak(xs: list[float], ys: list[float]) -> dict | None:
+    """:func:`second_ascent` of ``ys`` over ``xs``: where it peaks, how high, and the low it rose from."""
+    found = second_ascent(ys)
+    if found is None:
+        return None
+    i, j = found
+    return {"x": xs[i], "value": ys[i], "rise": ys[i] - ys[j], "from_x": xs[j]}
+
+
 def _curve(rows: list[dict], key: str, x: str) -> tuple[list[float], list[float]]:
     by_x = common.group(rows, x)
     xs = sorted(by_x)
@@ -295,17 +317,12 @@ def analyse(records: list[dict]) -> dict:
         _, test_loss = _curve(rs, "test_loss", "width")
         _, train_err = _curve(rs, "train_err", "width")
         _, train_loss = _curve(rs, "train_loss", "width")
-        loss_peaks = interior_peaks(xs, test_loss)
-        err_peaks = interior_peaks(xs, test_err)
         interpolating = [w for w, e in zip(xs, train_err) if e <= 0.01]
         out["mlp"][key] = {
             "widths": xs, "test_err": test_err, "test_loss": test_loss, "train_err": train_err,
             "train_loss": train_loss, "threshold_width": rs[0]["threshold_width"],
             "first_interpolating_width": interpolating[0] if interpolating else None,
-            "loss_peak": (xs[max(loss_peaks, key=test_loss.__getitem__)], max(test_loss[i] for i in loss_peaks))
-            if loss_peaks else None,
-            "err_peak": (xs[max(err_peaks, key=test_err.__getitem__)], max(test_err[i] for i in err_peaks))
-            if err_peaks else None,
+            "loss_peak": _peak(xs, test_loss), "err_peak": _peak(xs, test_err),
             "widest": (xs[-1], test_err[-1], test_loss[-1]),
             "best_err": min(zip(test_err, xs)),
             "wall_s": statistics.fmean(r["wall_s"] for r in rs)}
@@ -355,18 +372,21 @@ def summarise(records: list[dict], config: DoubleDescentConfig) -> str:
                   table(["algorithm", "weight decay", *[f"w={w}" for w in widths]],
                         [[alg, f"{wd:g}", *[fmt(dict(zip(v["widths"], v["train_err"])).get(w), 3) for w in widths]]
                          for (alg, wd), v in a["mlp"].items()]), ""]
+        def peak(p: dict | None, widest: float) -> str:
+            return (f"at width {p['x']} ({fmt(p['value'], 3)}: up {fmt(p['rise'], 3)} from width {p['from_x']}, "
+                    f"down {fmt(p['value'] - widest, 3)} to the widest)" if p else "none (no interior local maximum)")
+
         for (alg, wd), v in a["mlp"].items():
-            lp, ep = v["loss_peak"], v["err_peak"]
             lines.append(
                 f"- {alg}, weight decay {wd:g}: first width with training error <= 1%: "
-                f"{v['first_interpolating_width']}; test-MSE peak "
-                + (f"at width {lp[0]} ({fmt(lp[1], 3)}, {lp[1] - v['widest'][2]:+.3f} over the widest)"
-                   if lp else "none (no interior local maximum)")
-                + "; test-error peak "
-                + (f"at width {ep[0]} ({fmt(ep[1], 3)}, {ep[1] - v['widest'][1]:+.3f} over the widest)"
-                   if ep else "none (no interior local maximum)")
-                + f"; widest ({v['widest'][0]}) test error {fmt(v['widest'][1], 3)}; best test error "
-                f"{fmt(v['best_err'][0], 3)} at width {v['best_err'][1]}; {fmt(v['wall_s'], 1)} s per run.")
+                f"{v['first_interpolating_width']}; test-MSE peak {peak(v['loss_peak'], v['widest'][2])}; "
+                f"test-error peak {peak(v['err_peak'], v['widest'][1])}; widest ({v['widest'][0]}) test error "
+                f"{fmt(v['widest'][1], 3)}; best test error {fmt(v['best_err'][0], 3)} at width "
+                f"{v['best_err'][1]}; {fmt(v['wall_s'], 1)} s per run.")
+        for alg in dict.fromkeys(alg for alg, _ in a["mlp"]):
+            rises = [(wd, v["loss_peak"]) for (name, wd), v in a["mlp"].items() if name == alg]
+            lines.append(f"- {alg}: the test-MSE peak's rise by weight decay: " + "; ".join(
+                f"{wd:g}: " + (f"{fmt(p['rise'], 3)} at width {p['x']}" if p else "no peak") for wd, p in rises) + ".")
         lines.append("")
     lines += ["Plots: `random_features.png`, `mlp_width.png`.", ""]
     return "\n".join(lines)

@@ -92,3 +92,22 @@ def test_summary_matches_records(tiny_run):
             (r for r in stored if r["config"].get("algorithm") == alg), key=lambda r: r["config"]["width"])]
         assert f"| {alg} | 0 | {errs[0]:.3f} | {errs[1]:.3f} |" in summary
         assert f"- {alg}: the test-MSE peak's rise by weight decay: 0: no peak." in summary  # two widths
+
+
+def test_each_seeds_peak_is_found_on_its_own_curve():
+    """Two seeds peak at different widths; the mean curve would show one blurred peak,
+    the per-seed analysis keeps both, and the spread is each width's std over seeds."""
+    losses = {0: [0.9, 0.5, 0.8, 0.4, 0.3], 1: [0.9, 0.5, 0.45, 0.7, 0.3]}
+    widths = [1, 2, 4, 8, 16]
+    records = [{"config": {"algorithm": "bp", "weight_decay": 0.0, "width": w, "seed": seed},
+                "result": {"variant": "mlp", "inputs": 64, "test_err": loss / 2, "test_loss": loss, "train_err": 0.0,
+                           "train_loss": 0.0, "threshold_width": 4.0},
+                "wall_s": 1.0, "id": f"w{w}-s{seed}"}
+               for seed, ys in losses.items() for w, loss in zip(widths, ys)]
+    v = dd.analyse(records)["mlp"][("bp", 0.0)]
+    assert v["seed_loss_peaks"][0] == {"x": 4, "value": 0.8, "rise": pytest.approx(0.3), "from_x": 2}
+    assert v["seed_loss_peaks"][1] == {"x": 8, "value": 0.7, "rise": pytest.approx(0.25), "from_x": 4}
+    assert v["test_loss_std"][2] == pytest.approx(torch.tensor([0.8, 0.45]).std().item())
+    config = dataclasses.replace(TINY, seeds=(0, 1))
+    summary = dd.summarise(records, config)
+    assert "- bp, weight decay 0: seed 0 0.300 at width 4; seed 1 0.250 at width 8." in summary

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 import typer
 from torch import Tensor, nn
@@ -295,6 +296,12 @@ def _curve(rows: list[dict], key: str, x: str) -> tuple[list[float], list[float]
     return [v for (v,) in xs], [statistics.fmean(r[key] for r in by_x[v]) for v in xs]
 
 
+def _spread(rows: list[dict], key: str, x: str) -> list[float]:
+    """The sample standard deviation over seeds of ``key`` at each ``x`` (0 with one seed)."""
+    by_x = common.group(rows, x)
+    return [common.mean_std([r[key] for r in by_x[v]])[1] for v in sorted(by_x)]
+
+
 def analyse(records: list[dict]) -> dict:
     rows = flat_results(records)
     rf = [r for r in rows if r["variant"] == "rf"]
@@ -320,9 +327,13 @@ def analyse(records: list[dict]) -> dict:
         interpolating = [w for w, e in zip(xs, train_err) if e <= 0.01]
         out["mlp"][key] = {
             "widths": xs, "test_err": test_err, "test_loss": test_loss, "train_err": train_err,
-            "train_loss": train_loss, "threshold_width": rs[0]["threshold_width"],
+            "train_loss": train_loss, "test_err_std": _spread(rs, "test_err", "width"),
+            "test_loss_std": _spread(rs, "test_loss", "width"), "threshold_width": rs[0]["threshold_width"],
             "first_interpolating_width": interpolating[0] if interpolating else None,
             "loss_peak": _peak(xs, test_loss), "err_peak": _peak(xs, test_err),
+            # The mean curve can smear peaks that sit at different widths in each seed.
+            "seed_loss_peaks": {seed: _peak(*_curve(seed_rows, "test_loss", "width"))
+                                for (seed,), seed_rows in sorted(common.group(rs, "seed").items())},
             "widest": (xs[-1], test_err[-1], test_loss[-1]),
             "best_err": min(zip(test_err, xs)),
             "wall_s": statistics.fmean(r["wall_s"] for r in rs)}
@@ -372,6 +383,9 @@ def summarise(records: list[dict], config: DoubleDescentConfig) -> str:
                   table(["algorithm", "weight decay", *[f"w={w}" for w in widths]],
                         [[alg, f"{wd:g}", *[fmt(dict(zip(v["widths"], v["train_err"])).get(w), 3) for w in widths]]
                          for (alg, wd), v in a["mlp"].items()]), ""]
+        def rise(p: dict | None) -> str:
+            return f"{fmt(p['rise'], 3)} at width {p['x']}" if p else "no peak"
+
         def peak(p: dict | None, widest: float) -> str:
             return (f"at width {p['x']} ({fmt(p['value'], 3)}: up {fmt(p['rise'], 3)} from width {p['from_x']}, "
                     f"down {fmt(p['value'] - widest, 3)} to the widest)" if p else "none (no interior local maximum)")
@@ -379,16 +393,21 @@ def summarise(records: list[dict], config: DoubleDescentConfig) -> str:
         for (alg, wd), v in a["mlp"].items():
             lines.append(
                 f"- {alg}, weight decay {wd:g}: first width with training error <= 1%: "
-                f"{v['first_interpolating_width']}; test-MSE peak {peak(v['loss_peak'], v['widest'][2])}; "
+                f"{v['first_interpolating_width'] or 'none in the grid'}; test-MSE peak {peak(v['loss_peak'], v['widest'][2])}; "
                 f"test-error peak {peak(v['err_peak'], v['widest'][1])}; widest ({v['widest'][0]}) test error "
                 f"{fmt(v['widest'][1], 3)}; best test error {fmt(v['best_err'][0], 3)} at width "
                 f"{v['best_err'][1]}; {fmt(v['wall_s'], 1)} s per run.")
         for alg in dict.fromkeys(alg for alg, _ in a["mlp"]):
             rises = [(wd, v["loss_peak"]) for (name, wd), v in a["mlp"].items() if name == alg]
             lines.append(f"- {alg}: the test-MSE peak's rise by weight decay: " + "; ".join(
-                f"{wd:g}: " + (f"{fmt(p['rise'], 3)} at width {p['x']}" if p else "no peak") for wd, p in rises) + ".")
+                f"{wd:g}: " + rise(p) for wd, p in rises) + ".")
+        if any(len(v["seed_loss_peaks"]) > 1 for v in a["mlp"].values()):
+            lines += ["", "Each seed's own test-MSE peak (its rise, at width):", ""]
+            lines += [f"- {alg}, weight decay {wd:g}: " + "; ".join(
+                f"seed {seed} {rise(p)}" for seed, p in v["seed_loss_peaks"].items()) + "."
+                for (alg, wd), v in a["mlp"].items()]
         lines.append("")
-    lines += ["Plots: `random_features.png`, `mlp_width.png`.", ""]
+    lines += ["Plots: `random_features.png`, `mlp_width.png` (shaded: ±1 standard deviation over seeds).", ""]
     return "\n".join(lines)
 
 
@@ -427,6 +446,10 @@ def plot(records: list[dict], config: DoubleDescentConfig, out: Path) -> list[Pa
                 axes[0][j].plot(v["widths"], v["train_err"], "x--", color=line.get_color(),
                                 label=f"train, wd {wd:g}")
                 axes[1][j].plot(v["widths"], v["test_loss"], "o-", color=line.get_color(), label=f"test, wd {wd:g}")
+                for ax, mean, std in ((axes[0][j], v["test_err"], v["test_err_std"]),
+                                      (axes[1][j], v["test_loss"], v["test_loss_std"])):
+                    ax.fill_between(v["widths"], np.subtract(mean, std), np.add(mean, std),
+                                    color=line.get_color(), alpha=0.15, lw=0)
                 threshold = v["threshold_width"]
             for ax, name in ((axes[0][j], "error"), (axes[1][j], "MSE loss")):
                 ax.axvline(threshold, color="grey", ls="--", lw=1, label="params = N K")

@@ -133,3 +133,30 @@ def test_weight_update_reads_only_its_node_error_and_inputs():
         moved[k] = values[k] * 2.0
         changed = not torch.allclose(grads(moved)[w2], base[w2], rtol=0, atol=1e-12)
         assert changed == (k in (1, 2)), k
+
+
+def _pc_errors(steps: int, step_size: float) -> list[float]:
+    """Norms of pc's final errors on the chain, ordered from the input side."""
+    model, _, x, y = _setup(Chain)
+    learner = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=steps, step_size=step_size)
+    result = learner.step(*x, y)
+    return [float(result.errors[f"layers.{i}"].norm()) for i in range(4)]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4])
+def test_pc_errors_cascade_one_node_per_inference_step(steps):
+    """A node d edges from the output (layers.3 is 1, layers.0 is 4) holds no error
+    until inference has run d steps: the output's error spreads one node per step."""
+    norms = _pc_errors(steps, 0.1)
+    for i, norm in enumerate(norms):
+        distance = 4 - i
+        assert (norm > 0) == (distance <= steps), (i, norms)
+
+
+def test_pc_error_at_distance_d_scales_as_step_size_to_the_d():
+    """For small steps the first error to reach a node d edges away is of order
+    step_size**d: halving the step divides it by about 2**d. So a deep graph run with
+    a small step leaves its far nodes almost no error to learn from."""
+    coarse, fine = _pc_errors(4, 1e-3), _pc_errors(4, 5e-4)
+    for i in range(4):
+        assert coarse[i] / fine[i] == pytest.approx(2.0 ** (4 - i), rel=0.02), (i, coarse, fine)

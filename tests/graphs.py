@@ -2,8 +2,9 @@
 
 Each entry builds a small model and a batch; adding a graph kind is one line in
 ``GRAPHS``. Together they cover what the engine must handle exactly: fan-out,
-weight sharing, unrolled recurrence, residual connections, normalisation,
-attention, convolution and pooling, embeddings, multiple inputs, dropout.
+weight sharing, unrolled recurrence, residual connections (one and two layers per
+block), normalisation, attention, convolution and pooling, embeddings, multiple
+inputs, dropout.
 """
 
 from __future__ import annotations
@@ -46,6 +47,23 @@ class Residual(nn.Module):
         super().__init__()
         self.inp = nn.Linear(12, 16)
         self.blocks = nn.ModuleList(nn.Sequential(nn.Tanh(), nn.Linear(16, 16)) for _ in range(2))
+        self.out = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-style blocks of two layers: a block's first layer reads every earlier
+    block's output through the skips, yet sits two edges from the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(12, 16)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 16)) for _ in range(3))
         self.out = nn.Linear(16, 5)
 
     def forward(self, x):
@@ -152,6 +170,7 @@ GRAPHS = [
     Graph("mlp", MLP, _x((6, 12))),
     Graph("cnn", CNN, _x((6, 1, 8, 8))),
     Graph("residual", Residual, _x((6, 12))),
+    Graph("residual-bottleneck", Bottleneck, _x((6, 12))),
     Graph("norms+dropout", Norms, _x((6, 12))),
     Graph("gru-unrolled", GRU, _x((6, 4, 3))),
     Graph("lstm-unrolled", LSTM, _x((6, 4, 3))),
@@ -159,6 +178,11 @@ GRAPHS = [
     Graph("tied-embedding", TiedEmbedding, lambda g: (torch.randint(0, 7, (6, 3), generator=g),), classes=7),
     Graph("two-inputs", TwoInputs, lambda g: (torch.randn(6, 12, generator=g), torch.randn(6, 3, generator=g))),
 ]
+
+
+def named(name: str) -> Graph:
+    """The table entry called ``name``: tests that need one kind of graph say which."""
+    return next(g for g in GRAPHS if g.name == name)
 
 
 def make(graph: Graph, dtype: torch.dtype, seed: int = 0):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pclab
-from graphs import GRAPHS, MLP, Norms, make, reference_grads, relative_error
+from graphs import GRAPHS, MLP, Norms, make, named, reference_grads, relative_error
 
 ALGORITHMS = ["exact", "fpa", "pc"]
 
@@ -164,7 +164,7 @@ def test_a_non_finite_batch_is_named_and_changes_no_weight(algorithm):
 
 
 def test_a_non_finite_batch_leaves_batch_norm_statistics_alone():
-    model, x, y = make(GRAPHS[3], torch.float32)  # batch norm in training mode
+    model, x, y = make(named("norms+dropout"), torch.float32)  # batch norm in training mode
     stats = [b.clone() for b in model.buffers()]
     bad = x[0].clone()
     bad[0, 0] = float("inf")
@@ -260,7 +260,7 @@ def test_a_linear_readout_has_no_hidden_node_and_learns_by_the_delta_rule(algori
 
 
 def test_pc_warns_when_its_step_size_makes_inference_raise_the_energy():
-    model, x, y = make(GRAPHS[2], torch.float32)  # residual: large energy curvature
+    model, x, y = make(named("residual"), torch.float32)  # large energy curvature
     pc = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=5, step_size=2.5)
     with pytest.warns(RuntimeWarning, match=r"raised the energy.*step_size 2.5 is too large.*e\.g\. 0\.25"):
         pc.step(x, y)
@@ -277,7 +277,7 @@ def test_pc_warns_when_its_step_size_makes_inference_raise_the_energy():
 def test_energy_rose_is_only_said_of_energy_descent():
     """FPA's errors grow from zero by design and incremental PC's weights move between
     its ticks: a higher last energy is no overshoot there."""
-    model, x, y = make(GRAPHS[2], torch.float32)
+    model, x, y = make(named("residual"), torch.float32)
     fpa = pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", steps=5, step_size=0.5).step(x, y)
     assert fpa.energy_trace[-1] > fpa.energy_trace[0] and not fpa.energy_rose
 

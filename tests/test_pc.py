@@ -104,6 +104,53 @@ def test_incremental_with_one_tick_and_sgd_is_one_backprop_step_on_the_output_la
     assert torch.equal(model.fc1.weight, w1)
 
 
+def _energy(captured, x, y, values):
+    """F written out in full, summed over the batch: every node's squared error plus the
+    loss. Returns it and the errors, for autograd to be the reference of the rules."""
+    out, *mus = captured.predict(*x, *values)
+    errors = [v - m for v, m in zip(values, mus)]
+    energy = sum(0.5 * e.pow(2).sum() for e in errors) + F.cross_entropy(out, y, reduction="sum")
+    return energy, [e.detach() for e in errors]
+
+
+def _descend(values, grads, step_size):
+    with torch.no_grad():
+        return [v - step_size * g for v, g in zip(values, grads)]
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("graph", GRAPHS, ids=[g.name for g in GRAPHS])
+def test_pc_is_gradient_descent_on_the_energy_of_every_value_then_one_weight_step(graph, steps):
+    """Each inference step moves every value by -step_size * dF/dv of its own example's
+    energy, at once: in a residual block of two layers too, where moving a block's output
+    changes the prediction of every later block's first layer, so that layer's error
+    stops being zero before any feedback reaches it. The weights then take dF/dtheta of
+    the batch-mean energy at the final values."""
+    model, x, y = make(graph, torch.float64)
+    model.eval()  # dropout off: the reference must see the same network
+    step_size, B = 0.1, y.shape[0]
+
+    captured = pclab.capture(model, x)
+    values = [v.detach() for v in captured.forward_cut(*x)[2]]
+    energies = []
+    for _ in range(steps):
+        values = [v.requires_grad_(True) for v in values]
+        energy, _ = _energy(captured, x, y, values)
+        energies.append(energy.item() / B)
+        values = _descend(values, torch.autograd.grad(energy, values), step_size)
+    energy, errors = _energy(captured, x, y, values)
+    energies.append(energy.item() / B)
+    want = dict(zip(captured.parameters, torch.autograd.grad(energy / B, captured.parameters)))
+
+    learner = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=steps, step_size=step_size)
+    result = learner.step(x, y)
+    assert result.energy_trace == pytest.approx(energies, rel=1e-10, abs=1e-12)
+    for got, e in zip(result.errors.values(), errors):
+        assert torch.allclose(got, e, rtol=1e-10, atol=1e-12)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, want[p], rtol=1e-10, atol=1e-12), name
+
+
 @pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("graph", GRAPHS, ids=[g.name for g in GRAPHS])
 def test_incremental_pc_is_gradient_descent_on_the_energy_in_values_and_weights_at_once(graph, steps):
@@ -117,19 +164,15 @@ def test_incremental_pc_is_gradient_descent_on_the_energy_in_values_and_weights_
 
     captured = pclab.capture(reference, x)
     params = list(captured.parameters)
-    _, _, values, _ = captured.forward_cut(*x)
-    values = [v.detach() for v in values]
+    values = [v.detach() for v in captured.forward_cut(*x)[2]]
     energies = []
     for _ in range(steps):
         values = [v.requires_grad_(True) for v in values]
-        out, *mus = captured.predict(*x, *values)
-        energy = sum(0.5 * (v - m).pow(2).sum() for v, m in zip(values, mus)) \
-            + F.cross_entropy(out, y, reduction="sum")
+        energy, errors = _energy(captured, x, y, values)
         energies.append(energy.item() / B)
-        errors = [(v - m).detach() for v, m in zip(values, mus)]
         grads = torch.autograd.grad(energy / B, [*values, *params])
+        values = _descend(values, [B * g for g in grads[:len(values)]], step_size)
         with torch.no_grad():
-            values = [v - step_size * B * g for v, g in zip(values, grads)]
             for p, g in zip(params, grads[len(values):]):
                 p -= lr * g
 

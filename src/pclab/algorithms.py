@@ -267,7 +267,7 @@ class PC:
         replay.first_done()
         feedforward = out.detach()
         values, mus = list(values), list(mus)
-        sweeps, active = _schedule(g, self.steps)
+        sweeps, active = _schedule(g, self.steps, predictions_move=True)
         trace = inference.EnergyTrace()
         try:
             for t, sweep in enumerate(sweeps):

@@ -13,8 +13,11 @@ nodes.
 Which nodes take part in a step is also local: at initialisation every value equals
 its prediction, so only the output has an error; an error can travel one edge per
 step, so step ``t`` only touches nodes within ``t`` edges of the output
-(:func:`frontier_schedule`). This is exact bookkeeping, not an approximation: the
-errors of the other nodes are exactly zero.
+(:func:`frontier_schedule`). Feedback carries errors towards the inputs; where
+predictions are recomputed (``pc``), a moved value also changes its children's
+predictions, so errors spread one edge per step towards the outputs too. This is
+exact bookkeeping, not an approximation: the errors of the other nodes are exactly
+zero.
 """
 
 from __future__ import annotations
@@ -129,22 +132,35 @@ class Sweep:
     receivers: tuple[int, ...]
 
 
-def frontier_schedule(graph: CapturedGraph, steps: int) -> tuple[list[Sweep], tuple[int, ...]]:
-    """The sweeps of ``steps`` inference steps, and the nodes active after the last.
+def frontier_schedule(graph: CapturedGraph, steps: int, *,
+                      predictions_move: bool = False) -> tuple[list[Sweep], tuple[int, ...]]:
+    """The sweeps of ``steps`` inference steps, and the nodes whose errors can be
+    non-zero after the last.
 
-    Errors start at the output and spread one edge per step towards the inputs.
+    A node's error ``v_i - mu_i`` stops being zero when its value moves or, with
+    ``predictions_move``, when a parent's value moves and so its prediction. A node
+    moves once its own error or a child's is non-zero, or the output's loss reaches it.
+    Without ``predictions_move`` (predictions fixed at their forward values) errors
+    spread from the output towards the inputs only; with it, they also spread
+    forwards: in a residual block of two layers, the block's second layer moves at the
+    first step (it feeds the output through the skip), which changes the prediction of
+    every later block's first layer, two edges from the output.
     """
     index = {name: i for i, name in enumerate(graph.names)}
     parents = [tuple(index[p] for p in graph.parents[n]) for n in graph.names]
-    active: set[int] = set()
+    kids = graph.children
+    children = [tuple(index[c] for c in kids[n] if c != OUTPUT) for n in graph.names]
+    moved: set[int] = set()
+    erring: set[int] = set()
     sweeps = []
     for _ in range(steps):
-        receivers = {index[p] for p in graph.parents[OUTPUT]}
-        for i in active:
+        receivers = {index[p] for p in graph.parents[OUTPUT]} | erring
+        for i in erring:
             receivers.update(parents[i])
-        sweeps.append(Sweep(tuple(sorted(active)), tuple(sorted(receivers))))
-        active |= receivers
-    return sweeps, tuple(sorted(active))
+        sweeps.append(Sweep(tuple(sorted(erring)), tuple(sorted(receivers))))
+        moved |= receivers
+        erring = (moved | {c for i in moved for c in children[i]}) if predictions_move else set(moved)
+    return sweeps, tuple(sorted(erring))
 
 
 class EnergyTrace:

@@ -9,6 +9,7 @@
 """
 
 from .algorithms import FPA, PC, Exact, Incremental
+from .alignment import Alignment, align
 from .energy import OutputLoss
 from .engine import Backprop, PredictiveCoding, StepResult, learner
 from .errors import DivergenceError, GraphCaptureError
@@ -17,7 +18,7 @@ from .graph import CapturedGraph, capture
 __all__ = [
     "PredictiveCoding", "Backprop", "learner", "StepResult",
     "Exact", "FPA", "PC", "Incremental",
-    "OutputLoss", "CapturedGraph", "capture",
+    "OutputLoss", "CapturedGraph", "capture", "align", "Alignment",
     "GraphCaptureError", "DivergenceError",
 ]
 __version__ = "0.1.0"

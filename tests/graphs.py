@@ -41,29 +41,20 @@ class CNN(nn.Module):
 
 
 class Residual(nn.Module):
-    """Two pre-activation residual blocks: every block output fans out twice."""
+    """Residual blocks ``h + block(h)`` between a linear stem and head.
 
-    def __init__(self) -> None:
+    By default two pre-activation blocks of one layer: every block output fans out
+    twice. With ``hidden``, ResNet-style blocks of two layers through ``hidden``
+    features: a block's first layer reads every earlier block's output through the
+    skips, yet sits two edges from the output.
+    """
+
+    def __init__(self, blocks: int = 2, hidden: int | None = None) -> None:
         super().__init__()
         self.inp = nn.Linear(12, 16)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Tanh(), nn.Linear(16, 16)) for _ in range(2))
-        self.out = nn.Linear(16, 5)
-
-    def forward(self, x):
-        h = self.inp(x)
-        for block in self.blocks:
-            h = h + block(h)
-        return self.out(h)
-
-
-class Bottleneck(nn.Module):
-    """ResNet-style blocks of two layers: a block's first layer reads every earlier
-    block's output through the skips, yet sits two edges from the output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp = nn.Linear(12, 16)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 16)) for _ in range(3))
+        layers = (lambda: [nn.Tanh(), nn.Linear(16, 16)]) if hidden is None else \
+            (lambda: [nn.Linear(16, hidden), nn.Tanh(), nn.Linear(hidden, 16)])
+        self.blocks = nn.ModuleList(nn.Sequential(*layers()) for _ in range(blocks))
         self.out = nn.Linear(16, 5)
 
     def forward(self, x):
@@ -170,7 +161,7 @@ GRAPHS = [
     Graph("mlp", MLP, _x((6, 12))),
     Graph("cnn", CNN, _x((6, 1, 8, 8))),
     Graph("residual", Residual, _x((6, 12))),
-    Graph("residual-bottleneck", Bottleneck, _x((6, 12))),
+    Graph("residual-bottleneck", lambda: Residual(blocks=3, hidden=8), _x((6, 12))),
     Graph("norms+dropout", Norms, _x((6, 12))),
     Graph("gru-unrolled", GRU, _x((6, 4, 3))),
     Graph("lstm-unrolled", LSTM, _x((6, 4, 3))),

@@ -5,6 +5,8 @@ Inference must lower each example's energy; learning must reduce the loss.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,16 +108,28 @@ def test_incremental_with_one_tick_and_sgd_is_one_backprop_step_on_the_output_la
 
 def _energy(captured, x, y, values):
     """F written out in full, summed over the batch: every node's squared error plus the
-    loss. Returns it and the errors, for autograd to be the reference of the rules."""
+    loss. Returns it and the errors."""
     out, *mus = captured.predict(*x, *values)
     errors = [v - m for v, m in zip(values, mus)]
     energy = sum(0.5 * e.pow(2).sum() for e in errors) + F.cross_entropy(out, y, reduction="sum")
     return energy, [e.detach() for e in errors]
 
 
-def _descend(values, grads, step_size):
-    with torch.no_grad():
-        return [v - step_size * g for v, g in zip(values, grads)]
+def _reference_descent(captured, x, y, step_size):
+    """Gradient descent on the values of F written out in full and differentiated by
+    autograd, from the forward pass: yields, state after state, the batch-mean energy,
+    the errors and dF/dtheta of the batch-mean energy; between states every value moves
+    by -step_size * dF/dv of its own example's energy (computed before the caller, who
+    may move the weights in place, resumes)."""
+    values = [v.detach() for v in captured.forward_cut(*x)[2]]
+    params, B = list(captured.parameters), y.shape[0]
+    while True:
+        values = [v.requires_grad_(True) for v in values]
+        energy, errors = _energy(captured, x, y, values)
+        grads = torch.autograd.grad(energy, [*values, *params])
+        with torch.no_grad():
+            values = [v - step_size * g for v, g in zip(values, grads)]
+        yield energy.item() / B, errors, [g / B for g in grads[len(values):]]
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -128,23 +142,15 @@ def test_pc_is_gradient_descent_on_the_energy_of_every_value_then_one_weight_ste
     the batch-mean energy at the final values."""
     model, x, y = make(graph, torch.float64)
     model.eval()  # dropout off: the reference must see the same network
-    step_size, B = 0.1, y.shape[0]
-
+    step_size = 0.1
     captured = pclab.capture(model, x)
-    values = [v.detach() for v in captured.forward_cut(*x)[2]]
-    energies = []
-    for _ in range(steps):
-        values = [v.requires_grad_(True) for v in values]
-        energy, _ = _energy(captured, x, y, values)
-        energies.append(energy.item() / B)
-        values = _descend(values, torch.autograd.grad(energy, values), step_size)
-    energy, errors = _energy(captured, x, y, values)
-    energies.append(energy.item() / B)
-    want = dict(zip(captured.parameters, torch.autograd.grad(energy / B, captured.parameters)))
+    states = list(itertools.islice(_reference_descent(captured, x, y, step_size), steps + 1))
+    _, errors, grads = states[-1]
+    want = dict(zip(captured.parameters, grads))
 
     learner = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=steps, step_size=step_size)
     result = learner.step(x, y)
-    assert result.energy_trace == pytest.approx(energies, rel=1e-10, abs=1e-12)
+    assert result.energy_trace == pytest.approx([e for e, _, _ in states], rel=1e-10, abs=1e-12)
     for got, e in zip(result.errors.values(), errors):
         assert torch.allclose(got, e, rtol=1e-10, atol=1e-12)
     for name, p in model.named_parameters():
@@ -160,20 +166,14 @@ def test_incremental_pc_is_gradient_descent_on_the_energy_in_values_and_weights_
     model, x, y = make(graph, torch.float64)
     model.eval()  # dropout off: the reference must see the same network
     reference = make(graph, torch.float64)[0].eval()
-    step_size, lr, B = 0.2, 0.05, y.shape[0]
+    step_size, lr = 0.2, 0.05
 
     captured = pclab.capture(reference, x)
-    params = list(captured.parameters)
-    values = [v.detach() for v in captured.forward_cut(*x)[2]]
     energies = []
-    for _ in range(steps):
-        values = [v.requires_grad_(True) for v in values]
-        energy, errors = _energy(captured, x, y, values)
-        energies.append(energy.item() / B)
-        grads = torch.autograd.grad(energy / B, [*values, *params])
-        values = _descend(values, [B * g for g in grads[:len(values)]], step_size)
+    for energy, errors, grads in itertools.islice(_reference_descent(captured, x, y, step_size), steps):
+        energies.append(energy)
         with torch.no_grad():
-            for p, g in zip(params, grads[len(values):]):
+            for p, g in zip(captured.parameters, grads):
                 p -= lr * g
 
     opt = torch.optim.SGD(model.parameters(), lr=lr)

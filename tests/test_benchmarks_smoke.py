@@ -360,3 +360,15 @@ def test_a_result_records_its_code_modified_only_by_code_not_by_docs_or_benchmar
     subprocess.run(["git", "clone", "-q", str(tmp_path), str(other)], check=True, capture_output=True)
     monkeypatch.setattr(provenance, "_library_root", lambda: other)
     assert provenance.commit() == f"{clean}+modified (pclab {clean})"
+
+
+def test_alignment_smoke_measures_exact_as_backprop_and_refuses_missing_data(tmp_path):
+    alignment = _load("alignment")
+    report = alignment.main(["--smoke", "--json", str(tmp_path / "alignment.json")])
+    exact = next(s for s in report["summary"] if s["algorithm"] == "exact")
+    assert exact["min_cosine"] == pytest.approx(1.0, abs=1e-5) and exact["max_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert {s["algorithm"] for s in report["summary"]} == {"exact", "pc"}
+    assert not (tmp_path / "alignment.json").exists()  # --smoke writes nothing
+    with pytest.raises(SystemExit):
+        alignment.main(["--data-dir", str(tmp_path / "absent"), "--json", str(tmp_path / "a.json")])
+    assert not (tmp_path / "a.json").exists()

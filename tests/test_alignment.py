@@ -58,7 +58,8 @@ def test_align_leaves_the_model_as_found():
 
 def test_align_refuses_incremental_and_unknown_algorithms():
     model, x, y = make(named("mlp"), torch.float32)
-    with pytest.raises(ValueError, match="incremental PC steps the weights at every tick.*algorithm='pc'"):
-        pclab.align(model, x, y, loss="ce", algorithm="incremental")
+    for incremental in ("incremental", pclab.Incremental(steps=3)):
+        with pytest.raises(ValueError, match="incremental PC steps the weights at every tick.*algorithm='pc'"):
+            pclab.align(model, x, y, loss="ce", algorithm=incremental)
     with pytest.raises(ValueError, match="unknown algorithm 'bp'"):
         pclab.align(model, x, y, loss="ce", algorithm="bp")

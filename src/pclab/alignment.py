@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .algorithms import Algorithm
 from .energy import OutputLoss
 from .engine import Backprop, PredictiveCoding
 from .graph import preserved_state
@@ -51,7 +52,7 @@ class Alignment:
 
 
 def align(model: nn.Module, x: Tensor | tuple[Tensor, ...], y: Tensor, *, loss: str | OutputLoss,
-          algorithm: str, steps: int = 20, step_size: float | None = None,
+          algorithm: str | Algorithm, steps: int = 20, step_size: float | None = None,
           **options: Any) -> list[Alignment]:
     """One ``algorithm`` step on ``(x, y)`` against one backprop step, per trainable parameter.
 
@@ -62,9 +63,9 @@ def align(model: nn.Module, x: Tensor | tuple[Tensor, ...], y: Tensor, *, loss: 
 
     Raises:
         ValueError: ``algorithm`` is ``"incremental"``, whose weights move at every
-            tick (there is no one update to compare), or not an algorithm name.
+            tick (there is no one update to compare), or an unknown name.
     """
-    if algorithm == "incremental":
+    if getattr(algorithm, "name", algorithm) == "incremental":
         raise ValueError("align compares one step's gradient with backprop's, but incremental PC "
                          "steps the weights at every tick; compare algorithm='pc', the same rule "
                          "with one weight step at the end of inference")

@@ -64,7 +64,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -167,9 +167,9 @@ def _missing(suite: Suite, root: Path) -> str | None:
 def _config(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
             data_dir: Path | None) -> TrainConfig:
     """The suite's table entry for ``algorithm``, then ``extra`` (command-line overrides) on top."""
-    fields = {**suite.config, **suite.per_algorithm.get(algorithm, {}), **extra}
+    settings = {**suite.config, **suite.per_algorithm.get(algorithm, {}), **extra}
     return TrainConfig(data=suite.data, data_dir=str(data_dir) if data_dir else None, model=suite.model,
-                       model_options=variant, algorithm=algorithm, device="cpu", **fields)
+                       model_options=variant, algorithm=algorithm, device="cpu", **settings)
 
 
 def _run_one(config: TrainConfig, dataset: data_lib.Dataset) -> dict[str, Any]:
@@ -488,6 +488,8 @@ def _merge_into(path: Path, name: str, entry: dict[str, Any]) -> None:
     Runs of algorithms this invocation did not train are kept when the suite's table,
     seeds and tuning are unchanged, so ``--algorithms`` can split a long suite over
     several invocations (even concurrent ones: the read-merge-write holds a file lock).
+    When they changed, the earlier runs no longer describe this suite and are dropped,
+    with a note on stderr naming what changed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
@@ -499,14 +501,31 @@ def _merge_into(path: Path, name: str, entry: dict[str, Any]) -> None:
 
 _SAME_SUITE_KEYS = ("seeds", "table_entry", "tuned", "train_examples", "test_examples")
 _PART_KEYS = ("algorithms", "date", "machine", "command", "commit")  # what each invocation records
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+
+def _suite_key(entry: dict[str, Any], key: str) -> Any:
+    """``entry[key]``, with command-line overrides that equal ``pclab train``'s default
+    left out: they change no setting, whether or not the invocation that wrote the entry
+    recorded them (``--threads 1`` did while 1 was not the default)."""
+    value = entry.get(key)
+    if key != "table_entry" or value is None:
+        return value
+    overrides = {k: v for k, v in value.get("overrides", {}).items() if _DEFAULTS.get(k, MISSING) != v}
+    return {**value, "overrides": overrides}
 
 
 def _merge_entry(current: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any]:
     part = {k: entry[k] for k in _PART_KEYS if k in entry}
-    if current is None or any(current.get(k) != entry[k] for k in _SAME_SUITE_KEYS):
-        return {**entry, "parts": [part]}
     mine = set(entry["algorithms"])
-    kept = [r for r in current["runs"] if r["algorithm"] not in mine]
+    if current is None:
+        return {**entry, "parts": [part]}
+    changed = [k for k in _SAME_SUITE_KEYS if _suite_key(current, k) != _suite_key(entry, k)]
+    kept = [] if changed else [r for r in current["runs"] if r["algorithm"] not in mine]
+    dropped = sorted({r["algorithm"] for r in current["runs"]} - mine)
+    if changed and dropped:
+        print(f"note: suite {entry['suite']}: {', '.join(changed)} changed since its earlier runs, so those of "
+              f"{', '.join(dropped)} no longer describe it and are dropped; rerun them", file=sys.stderr)
     if not kept:
         return {**entry, "parts": [part]}
     order = {a: i for i, a in enumerate(ALGORITHMS)}

@@ -317,6 +317,26 @@ def test_a_suite_split_over_invocations_keeps_every_algorithms_runs(accuracy, tm
     assert [r["algorithm"] for r in entry["runs"]] == ["bp", "pc"] and len(entry["parts"]) == 2
 
 
+def test_runs_recorded_with_a_default_override_still_merge(accuracy, tmp_path):
+    """An entry whose invocation recorded ``--threads 1`` (when 1 was not yet the
+    default) is the same suite as one that leaves it out: its runs are kept."""
+    out = tmp_path / "accuracy.json"
+    accuracy.main(["--smoke", "--algorithms", "bp", "--json", str(out)])
+    results = json.loads(out.read_text())
+    results["suites"]["digits-mlp"]["table_entry"]["overrides"]["threads"] = 1
+    out.write_text(json.dumps(results))
+    accuracy.main(["--smoke", "--algorithms", "pc", "--json", str(out)])
+    assert [r["algorithm"] for r in json.loads(out.read_text())["suites"]["digits-mlp"]["runs"]] == ["bp", "pc"]
+
+
+def test_runs_of_a_changed_suite_are_dropped_with_a_note(accuracy, tmp_path, capsys):
+    out = tmp_path / "accuracy.json"
+    accuracy.main(["--smoke", "--algorithms", "bp", "--json", str(out)])
+    accuracy.main(["--smoke", "--algorithms", "pc", "--epochs", "2", "--json", str(out)])
+    assert [r["algorithm"] for r in json.loads(out.read_text())["suites"]["digits-mlp"]["runs"]] == ["pc"]
+    assert "table_entry changed since its earlier runs, so those of bp no longer describe it" in capsys.readouterr().err
+
+
 def test_an_algorithm_the_suite_does_not_run_is_refused(accuracy, tmp_path):
     with pytest.raises(SystemExit):
         accuracy.main(["--suites", "fmnist-depth", "--algorithms", "fpa", "--json", str(tmp_path / "a.json")])

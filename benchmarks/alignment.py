@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import pclab
 from pclab import data, models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when loaded by path
-from provenance import commit, cpu  # noqa: E402
+from provenance import commit, cpu, write_result  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 IMAGE = (1, 28, 28)
@@ -133,11 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": {"cpu": cpu(), "cores": os.cpu_count(), "torch": torch.__version__},
               "data": args.data, "batch": args.batch, "summary": summary, "rows": rows}
     if not args.smoke:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+        write_result(args.json, result)
     return result
 
 

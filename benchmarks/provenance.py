@@ -1,8 +1,11 @@
-"""What every benchmark result records about where it was measured: the CPU and the code."""
+"""What every benchmark result records about where it was measured (the CPU and the code),
+and how it is written."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -61,3 +64,13 @@ def _commit(root: Path) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+modified" if dirty else "")
+
+
+def write_result(path: Path, result: dict) -> None:
+    """Write ``result`` as JSON to ``path`` whole or not at all: a run killed while
+    writing leaves the previous results file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    print(f"wrote {path}")

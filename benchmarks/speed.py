@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -64,7 +63,7 @@ from pclab import inference, models
 from pclab.algorithms import _errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when loaded by path
-from provenance import commit, cpu  # noqa: E402
+from provenance import commit, cpu, write_result  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -321,11 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         "commit": code, "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
     }
     if not args.smoke:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+        write_result(args.json, result)
     return result
 
 

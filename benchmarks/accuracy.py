@@ -518,15 +518,14 @@ def _suite_key(entry: dict[str, Any], key: str) -> Any:
 def _merge_entry(current: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any]:
     part = {k: entry[k] for k in _PART_KEYS if k in entry}
     mine = set(entry["algorithms"])
-    if current is None:
-        return {**entry, "parts": [part]}
-    changed = [k for k in _SAME_SUITE_KEYS if _suite_key(current, k) != _suite_key(entry, k)]
-    kept = [] if changed else [r for r in current["runs"] if r["algorithm"] not in mine]
-    dropped = sorted({r["algorithm"] for r in current["runs"]} - mine)
-    if changed and dropped:
+    kept = [] if current is None else [r for r in current["runs"] if r["algorithm"] not in mine]
+    changed = [] if current is None else \
+        [k for k in _SAME_SUITE_KEYS if _suite_key(current, k) != _suite_key(entry, k)]
+    if kept and changed:
         print(f"note: suite {entry['suite']}: {', '.join(changed)} changed since its earlier runs, so those of "
-              f"{', '.join(dropped)} no longer describe it and are dropped; rerun them", file=sys.stderr)
-    if not kept:
+              f"{', '.join(sorted({r['algorithm'] for r in kept}))} no longer describe it and are dropped; "
+              "rerun them", file=sys.stderr)
+    if not kept or changed:
         return {**entry, "parts": [part]}
     order = {a: i for i, a in enumerate(ALGORITHMS)}
     variants = list(entry["table_entry"]["variants"])

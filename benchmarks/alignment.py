@@ -34,15 +34,13 @@ from pclab import data, models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when loaded by path
 from provenance import commit, cpu, write_result  # noqa: E402
+from speed import CASES  # noqa: E402  (the same MLP, CNN and transformer block)
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 IMAGE = (1, 28, 28)
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
-    "mlp 784-128-128-10": lambda: models.build("mlp", input_shape=IMAGE, num_classes=10, activation="leaky_relu"),
-    "cnn (2 conv + pool)": lambda: models.build("cnn", input_shape=IMAGE, num_classes=10, channels=(16, 32, 32, 32)),
-    "transformer block": lambda: models.build("transformer", input_shape=IMAGE, num_classes=10, d_model=64,
-                                              heads=4, layers=1),
+    **{case.name: case.build for case in CASES if not case.name.startswith("residual")},
     **{f"residual mlp depth {d}": (lambda d=d: models.build("resnet", input_shape=IMAGE, num_classes=10,
                                                           kind="mlp", depth=d, width=128))
        for d in (8, 32, 64)},

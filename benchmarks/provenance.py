@@ -4,11 +4,11 @@ and how it is written."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import platform
 import subprocess
 from pathlib import Path
+
+from pclab.experiments.sweep import write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,10 +67,7 @@ def _commit(root: Path) -> str | None:
 
 
 def write_result(path: Path, result: dict) -> None:
-    """Write ``result`` as JSON to ``path`` whole or not at all: a run killed while
-    writing leaves the previous results file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    """Write ``result`` as JSON to ``path`` whole or not at all (a run killed while
+    writing leaves the previous results file intact), and say so."""
+    write_json_atomic(path, result)
     print(f"wrote {path}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import pclab
-from pclab.experiments.grok import GrokRun, build_model, modular_addition
+from pclab.experiments.grok import GrokConfig, build_model, modular_addition, runs
 
 STEP_SIZES = (0.1, 0.01)
 
@@ -36,10 +36,9 @@ def first_error_step(model, x, y, step_size, most=12):
 
 def main():
     config = json.loads(Path(__file__).with_name("config.json").read_text())
-    shared = {k: config[k] for k in ("model", "p", "lr", "steps", "batch_size", "eval_every", "stop_when_grokked",
-                                     "width", "embed_dim", "d_model", "heads", "layers", "pc_steps", "pc_step_size")}
-    run = GrokRun(fraction=config["fractions"][0], weight_decay=config["weight_decays"][0], algorithm="pc",
-                  seed=config["seeds"][0], **shared)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+              if k not in ("experiment", "written_at")}
+    run = next(r for r in runs(GrokConfig(**fields)) if r.algorithm == "pc")
     x, y, _, _ = modular_addition(run.p, run.fraction, run.seed, equals_token=True)
     x, y = x[:run.batch_size], y[:run.batch_size]
     torch.manual_seed(run.seed)

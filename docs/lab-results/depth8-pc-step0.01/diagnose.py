@@ -1,0 +1,147 @@
+"""Why the depth-8 residual MLP diverges under pc at inference step 0.01, step by step.
+
+Replays this folder's seed-0 run (config in pc/seed0/config.yaml: Fashion-MNIST,
+10,000 class-balanced images, resnet depth 8 width 128, cross-entropy, batch 64,
+pc with T = 20 at step 0.01, AdamW lr 1e-3), eager, and every ``--every`` steps
+records, on that step's batch before the optimizer moves:
+
+- the batch loss and whether inference raised the energy (``StepResult.energy_rose``);
+- ``pclab.align``: each weight tensor's pc update against backprop's gradient;
+- the step the optimizer then takes, against backprop's gradient: its cosine with
+  ``-grad`` (> 0: a descent direction for the batch loss) and its size;
+- the norm of the weights of each group (input layer, blocks, head).
+
+The same for other optimizers (``--variants``) and for bp, so a claim such as
+"AdamW turns pc's small, misaligned updates into full-size steps" can be checked:
+under SGD the step is the update times the learning rate. Run from the repository
+root (needs ../shared/datasets):
+
+    python docs/lab-results/depth8-pc-step0.01/diagnose.py
+
+Writes diagnose.json beside this file and prints one summary row per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import warnings
+from pathlib import Path
+
+import torch
+
+import pclab
+from pclab import data, models
+from pclab.training import epoch_order, make_optimizer
+
+HERE = Path(__file__).parent
+# name -> (algorithm, optimizer, lr, momentum)
+VARIANTS = {
+    f"{algorithm}-{optimizer}-{lr:g}" + (f"-m{momentum:g}" if momentum else ""): (algorithm, optimizer, lr, momentum)
+    for optimizer, lr, momentum in (("adamw", 1e-3, 0.0), ("adamw", 1e-4, 0.0), ("sgd", 0.01, 0.9))
+    for algorithm in ("pc", "bp")
+}
+
+
+def group(name: str) -> str:
+    return name.split(".")[0]  # input, blocks, final, head
+
+
+def flat(tensors: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    return torch.cat([tensors[n].flatten().double() for n in names])
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm())) if a.norm() and b.norm() else float("nan")
+
+
+def run(variant: str, dataset: data.Dataset, args: argparse.Namespace) -> list[dict]:
+    algorithm, optimizer_name, lr, momentum = VARIANTS[variant]
+    torch.manual_seed(args.seed)
+    model = models.build("resnet", input_shape=tuple(dataset.x_train.shape[1:]), num_classes=10,
+                         width=128, depth=8)
+    optimizer = make_optimizer(optimizer_name, list(model.parameters()), lr=lr, momentum=momentum)
+    step = pclab.learner(model, algorithm, loss="ce", steps=20, step_size=0.01)
+    rows, number = [], 0
+    for epoch in range(1, args.epochs + 1):
+        for idx in epoch_order(len(dataset.y_train), args.seed, epoch).split(64):
+            x, y = dataset.x_train[idx], dataset.y_train[idx]
+            number += 1
+            try:
+                row = record(model, optimizer, step, x, y) if number % args.every == 1 else None
+                if row is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    step.step(x, y)
+                    optimizer.step()
+            except pclab.DivergenceError as err:  # the run is over; what led there is in the rows
+                rows.append({"step": number, "epoch": epoch, "stopped": str(err)})
+                return rows
+            if row is not None:
+                rows.append({"step": number, "epoch": epoch, **row})
+    return rows
+
+
+def record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step, x: torch.Tensor,
+           y: torch.Tensor) -> dict:
+    """One training step on ``(x, y)``, measured against backprop's gradient of the same batch."""
+    params = dict(model.named_parameters())
+    weights = [n for n in params if n.endswith("weight")]
+    # align restores p.grad, the RNG and the model, so the run is not disturbed.
+    alignment = {a.parameter: a for a in pclab.align(model, x, y, loss="ce", algorithm="pc",
+                                                     steps=20, step_size=0.01)}
+    optimizer.zero_grad(set_to_none=True)
+    pclab.Backprop(model, loss="ce").step(x, y)
+    gradient = {n: p.grad.clone() for n, p in params.items()}
+    optimizer.zero_grad(set_to_none=True)
+    result = step.step(x, y)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer.step()
+    moved = {n: params[n].detach() - before[n] for n in params}
+    row = {"loss": result.loss, "energy_rose": result.energy_rose}
+    for g in dict.fromkeys(group(n) for n in weights):
+        names = [n for n in weights if group(n) == g]
+        row[g] = {
+            "pc_cos_median": statistics.median(alignment[n].cosine for n in names),
+            "pc_ratio_median": statistics.median(alignment[n].norm_ratio for n in names),
+            "step_cos_with_minus_grad": cosine(flat(moved, names), -flat(gradient, names)),
+            "step_norm": float(flat(moved, names).norm()),
+            "weight_norm": float(flat({n: params[n].detach() for n in names}, names).norm()),
+        }
+    moved_all, grad_all = flat(moved, list(params)), flat(gradient, list(params))
+    row["model_step_cos_with_minus_grad"] = cosine(moved_all, -grad_all)
+    # The step's first-order change of the batch loss: what the step promises.
+    row["predicted_loss_change"] = float(moved_all @ grad_all)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--every", type=int, default=10, help="record every this many steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default="../shared/datasets/fashion-mnist")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", RuntimeWarning)  # energy rises are recorded per row instead
+    dataset = data.load("fashion-mnist", args.data_dir, download=False, train_size=10_000, seed=args.seed)
+    out = HERE / "diagnose.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for variant in args.variants.split(","):
+        results[variant] = {"settings": dict(zip(("algorithm", "optimizer", "lr", "momentum"), VARIANTS[variant]))
+                            | {"epochs": args.epochs, "seed": args.seed, "every": args.every},
+                            "rows": run(variant, dataset, args)}
+        rows = results[variant]["rows"]
+        measured = [r for r in rows if "loss" in r]
+        print(f"{variant:20s} last step {rows[-1]['step']:5d}, loss first/last {measured[0]['loss']:.3g}/"
+              f"{measured[-1]['loss']:.3g}, energy rose at {sum(r['energy_rose'] for r in measured)} "
+              f"of {len(measured)} records; {rows[-1].get('stopped', 'finished')}", flush=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import io
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -392,6 +393,38 @@ def test_compare_summarises_every_algorithm_against_bp(tmp_path):
     assert table[0].split()[0] == "algorithm" and [line.split()[0] for line in table[1:]] == ["bp", "fpa", "pc"]
     with pytest.raises(RunFolderError):
         training.compare(base, ["fpa"], seeds=[0])
+
+
+def test_a_diverged_run_is_a_result_of_the_comparison_not_its_end(tmp_path, monkeypatch):
+    # pc's seed-1 run gets a learning rate that overflows; the other runs are untouched.
+    real_train = training.train
+
+    def train(config, **kwargs):
+        blowup = config.algorithm == "pc" and config.seed == 1
+        return real_train(dataclasses.replace(config, optimizer="sgd", lr=1e6) if blowup else config, **kwargs)
+
+    monkeypatch.setattr(training, "train", train)
+    lines = []
+    with pytest.warns(RuntimeWarning, match="inference raised the energy"):
+        result = training.compare(tiny(epochs=1, out=str(tmp_path / "cmp")), ["pc"], seeds=[0, 1], log=lines.append)
+    bp, pc = result.summary
+    assert bp["diverged"] == [] and len(bp["accuracies"]) == 2
+    assert pc["diverged"] == [1] and pc["accuracies"] == [result.runs["pc"][0].final_test_accuracy]
+    assert pc["accuracy_mean"] == pc["accuracies"][0] and pc["accuracy_std"] == 0.0
+    assert [d["seed"] for d in result.diverged_runs["pc"]] == [1] and result.diverged_runs["pc"][0]["epoch"] == 1
+    assert "pc seed 1: training diverged at epoch 1" in lines[-1]
+    assert "1 of 2 (seed 1)" in result.table().splitlines()[2]
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["diverged"]["pc"][0]["seed"] == 1 and saved["summary"][1]["diverged"] == [1]
+    assert (tmp_path / "cmp" / "curves.png").is_file()
+
+
+def test_a_comparison_whose_every_run_diverged_still_writes_its_table(tmp_path):
+    with pytest.warns(RuntimeWarning):
+        result = training.compare(tiny(epochs=1, optimizer="sgd", lr=1e6, out=str(tmp_path / "cmp")), ["pc"], seeds=[0])
+    assert [row["diverged"] for row in result.summary] == [[0], [0]]
+    assert all(math.isnan(row["accuracy_mean"]) and math.isnan(row["time_ratio"]) for row in result.summary)
+    assert "| 1 of 1 (seed 0) |" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_compare_rejects_unknown_algorithms():

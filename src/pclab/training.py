@@ -1098,20 +1098,25 @@ class CompareResult:
 
     ``summary`` has one row per algorithm (``"bp"`` first): ``algorithm``,
     ``accuracy_mean``, ``accuracy_std`` (sample standard deviation over seeds; 0
-    for one seed), ``seconds_per_epoch`` (mean training time per epoch) and
-    ``time_ratio`` (``seconds_per_epoch`` over bp's).
+    for one seed), ``seconds_per_epoch`` (mean training time per epoch),
+    ``time_ratio`` (``seconds_per_epoch`` over bp's) and ``diverged`` (the seeds
+    whose run stopped on a non-finite value). The statistics are over the runs
+    that finished (``nan`` if none did); ``diverged_runs`` says where the others
+    stopped.
     """
 
     base: TrainConfig
     seeds: tuple[int, ...]
     runs: dict[str, list[RunResult]]
     summary: list[dict[str, Any]]
+    diverged_runs: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
     def table(self) -> str:
         """The summary as aligned plain text."""
-        head = ("algorithm", "test accuracy", "s/epoch", "time / bp")
+        head = ("algorithm", "test accuracy", "s/epoch", "time / bp", "diverged")
         rows = [(r["algorithm"], f"{r['accuracy_mean']:.4f} +- {r['accuracy_std']:.4f}",
-                 f"{r['seconds_per_epoch']:.3f}", f"{r['time_ratio']:.2f}") for r in self.summary]
+                 f"{r['seconds_per_epoch']:.3f}", f"{r['time_ratio']:.2f}", _diverged_cell(r, self.seeds))
+                for r in self.summary]
         widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                  for row in (head, *rows)]
@@ -1119,11 +1124,17 @@ class CompareResult:
 
     def markdown(self) -> str:
         """The summary as a Markdown table."""
-        lines = ["| algorithm | test accuracy (mean ± std) | s/epoch | time / bp |",
-                 "| --- | ---: | ---: | ---: |"]
+        lines = ["| algorithm | test accuracy (mean ± std) | s/epoch | time / bp | diverged |",
+                 "| --- | ---: | ---: | ---: | --- |"]
         lines += [f"| {r['algorithm']} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | "
-                  f"{r['seconds_per_epoch']:.3f} | {r['time_ratio']:.2f} |" for r in self.summary]
+                  f"{r['seconds_per_epoch']:.3f} | {r['time_ratio']:.2f} | {_diverged_cell(r, self.seeds)} |"
+                  for r in self.summary]
         return "\n".join(lines) + "\n"
+
+
+def _diverged_cell(row: Mapping[str, Any], seeds: Sequence[int]) -> str:
+    return f"{len(row['diverged'])} of {len(seeds)}" + (
+        f" (seed {', '.join(map(str, row['diverged']))})" if row["diverged"] else "")
 
 
 def compare(base: TrainConfig, algorithms: Sequence[str], seeds: Sequence[int], *,
@@ -1158,34 +1169,46 @@ def compare(base: TrainConfig, algorithms: Sequence[str], seeds: Sequence[int], 
             raise RunFolderError(f"compare folder {out} already exists; pass --overwrite to replace it")
         out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[RunResult]] = {name: [] for name in names}
+    diverged: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     total = len(names) * len(seeds)
     for name in names:
         for seed in seeds:
             run_out = str(out / name / f"seed{seed}") if out is not None else None
             config = dataclasses.replace(base, algorithm=name, seed=seed, out=run_out)
-            result = train(config, overwrite=overwrite, progress=progress)
+            done = sum(map(len, runs.values())) + sum(map(len, diverged.values())) + 1
+            try:
+                result = train(config, overwrite=overwrite, progress=progress)
+            except RunDiverged as err:
+                # A diverged run is one of the comparison's results, not the end of it.
+                diverged[name].append({"seed": seed, "epoch": err.epoch, "batch": err.batch, "error": str(err)})
+                if log is not None:
+                    log(f"[{done}/{total}] {name} seed {seed}: {err}")
+                continue
             runs[name].append(result)
             if log is not None:
-                done = sum(map(len, runs.values()))
                 log(f"[{done}/{total}] {name} seed {seed}: test accuracy "
                     f"{result.final_test_accuracy:.4f}, {result.seconds_per_epoch:.3f} s/epoch")
-    summary = _summarise(runs)
-    result = CompareResult(base, seeds, runs, summary)
+    summary = _summarise(runs, diverged)
+    result = CompareResult(base, seeds, runs, summary, diverged)
     if out is not None:
         _write_compare(out, result)
     return result
 
 
-def _summarise(runs: Mapping[str, list[RunResult]]) -> list[dict[str, Any]]:
+def _summarise(runs: Mapping[str, list[RunResult]],
+               diverged: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     import statistics
 
     rows = []
     for name, results in runs.items():
         accuracies = [r.final_test_accuracy for r in results]
-        rows.append({"algorithm": name, "accuracy_mean": statistics.fmean(accuracies),
-                     "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                     "seconds_per_epoch": statistics.fmean(r.seconds_per_epoch for r in results),
-                     "accuracies": accuracies})
+        rows.append({"algorithm": name,
+                     "accuracy_mean": statistics.fmean(accuracies) if accuracies else math.nan,
+                     "accuracy_std": (statistics.stdev(accuracies) if len(accuracies) > 1
+                                      else 0.0 if accuracies else math.nan),
+                     "seconds_per_epoch": (statistics.fmean(r.seconds_per_epoch for r in results)
+                                           if results else math.nan),
+                     "accuracies": accuracies, "diverged": [d["seed"] for d in diverged[name]]})
     reference = rows[0]["seconds_per_epoch"]
     for row in rows:
         row["time_ratio"] = row["seconds_per_epoch"] / reference if reference > 0 else math.nan
@@ -1196,10 +1219,11 @@ def _write_compare(out: Path, result: CompareResult) -> None:
     payload = {"config": result.base.to_dict(), "seeds": list(result.seeds), "summary": result.summary,
                "runs": {name: [{"seed": r.config.seed, "out": str(r.out) if r.out else None,
                                 "history": [dataclasses.asdict(h) for h in r.history]} for r in rs]
-                        for name, rs in result.runs.items()}}
+                        for name, rs in result.runs.items()},
+               "diverged": result.diverged_runs}
     _write_text(out / "compare.json", json.dumps(payload, indent=2) + "\n")
     text = io.StringIO()
-    fields = ["algorithm", "accuracy_mean", "accuracy_std", "seconds_per_epoch", "time_ratio"]
+    fields = ["algorithm", "accuracy_mean", "accuracy_std", "seconds_per_epoch", "time_ratio", "diverged"]
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(result.summary)
@@ -1215,6 +1239,8 @@ def _plot_compare(path: Path, result: CompareResult) -> None:
     fig = Figure(figsize=(11, 4), layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
     for name, runs in result.runs.items():
+        if not runs:  # every seed diverged: the table says so
+            continue
         # Every run shares the config but the algorithm, so they evaluate on the same epochs.
         tested = [r.epoch for r in runs[0].history if r.test_accuracy is not None]
         acc = np.array([[h.test_accuracy for h in r.history if h.test_accuracy is not None] for r in runs])
@@ -1230,7 +1256,8 @@ def _plot_compare(path: Path, result: CompareResult) -> None:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     base = result.base
     fig.suptitle(f"{base.model} on {base.data}, {len(result.seeds)} seed(s), mean ± std")
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

@@ -1,9 +1,11 @@
 """Why the depth-8 residual MLP diverges under pc at inference step 0.01, step by step.
 
-Replays this folder's seed-0 run (config in pc/seed0/config.yaml: Fashion-MNIST,
-10,000 class-balanced images, resnet depth 8 width 128, cross-entropy, batch 64,
-pc with T = 20 at step 0.01, AdamW lr 1e-3), eager, and every ``--every`` steps
-records, on that step's batch before the optimizer moves:
+Trains with the settings of this folder's seed-0 run (pc/seed0/config.yaml:
+Fashion-MNIST, 10,000 class-balanced images, resnet depth 8 width 128,
+cross-entropy, batch 64, pc with T = 20 at step 0.01, AdamW lr 1e-3), eager, in a
+loop of its own (same initialisation and batch order; the trajectory is not the
+``pclab compare`` run's bit for bit), and every ``--every`` steps records, on that
+step's batch before the optimizer moves:
 
 - the batch loss and whether inference raised the energy (``StepResult.energy_rose``);
 - ``pclab.align``: each weight tensor's pc update against backprop's gradient;
@@ -17,8 +19,11 @@ under SGD the step is the update times the learning rate. Run from the repositor
 root (needs ../shared/datasets):
 
     python docs/lab-results/depth8-pc-step0.01/diagnose.py
+    python docs/lab-results/depth8-pc-step0.01/diagnose.py --variants pc-sgd-0.01-m0.9 --epochs 10
 
-Writes diagnose.json beside this file and prints one summary row per variant.
+(diagnose.json holds the output of these two: the second replaces the first's
+SGD pc row with one trained until it stopped.) Writes diagnose.json beside this file and prints a table (``--summary``: only the
+table, from the file).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 
 import pclab
 from pclab import data, models
+from pclab.experiments.sweep import write_json_atomic
 from pclab.training import epoch_order, make_optimizer
 
 HERE = Path(__file__).parent
@@ -115,6 +121,35 @@ def record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step, x: to
     return row
 
 
+GROUPS = ("input", "blocks", "head")
+
+
+def summarise(results: dict) -> str:
+    """The table the README quotes: loss by window of steps, weight norms, early step sizes."""
+    lines = ["| variant | batch loss, median per epoch | step's cosine with -gradient, median per epoch | max loss | descent steps | energy rose | weight norm input, blocks, head: first -> last "
+             "| steps 1-150, median: pc update / bp gradient, input / blocks | step norm, input / blocks |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for variant, entry in results.items():
+        rows = [r for r in entry["rows"] if "loss" in r]
+        early = [r for r in rows if r["step"] <= 150]
+
+        def med(key, within=rows):
+            return statistics.median(key(r) for r in within)
+        losses = " / ".join(f"{med(lambda r: r['loss'], [r for r in rows if r['epoch'] == e]):.3g}"
+                            for e in dict.fromkeys(r["epoch"] for r in rows))
+        cosines = " / ".join(f"{med(lambda r: r['model_step_cos_with_minus_grad'], [r for r in rows if r['epoch'] == e]):.2f}"
+                             for e in dict.fromkeys(r["epoch"] for r in rows))
+        norms = ", ".join(f"{rows[0][g]['weight_norm']:.1f} -> {rows[-1][g]['weight_norm']:.1f}" for g in GROUPS)
+        lines.append(
+            f"| {variant} | {losses} | {cosines} | {max(r['loss'] for r in rows):.3g} "
+            f"| {sum(r['predicted_loss_change'] < 0 for r in rows) / len(rows):.0%} "
+            f"| {sum(r['energy_rose'] for r in rows)} of {len(rows)} | {norms} "
+            f"| {med(lambda r: r['input']['pc_ratio_median'], early):.3f} / {med(lambda r: r['blocks']['pc_ratio_median'], early):.3f} "
+            f"| {med(lambda r: r['input']['step_norm'], early):.3g} / {med(lambda r: r['blocks']['step_norm'], early):.3g} |"
+            + (f" stopped: {entry['rows'][-1]['stopped']}" if "stopped" in entry["rows"][-1] else ""))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
@@ -122,25 +157,22 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="record every this many steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default="../shared/datasets/fashion-mnist")
+    parser.add_argument("--summary", action="store_true", help="print the table of diagnose.json; train nothing")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", RuntimeWarning)  # energy rises are recorded per row instead
-    dataset = data.load("fashion-mnist", args.data_dir, download=False, train_size=10_000, seed=args.seed)
     out = HERE / "diagnose.json"
     results = json.loads(out.read_text()) if out.exists() else {}
-    for variant in args.variants.split(","):
-        results[variant] = {"settings": dict(zip(("algorithm", "optimizer", "lr", "momentum"), VARIANTS[variant]))
-                            | {"epochs": args.epochs, "seed": args.seed, "every": args.every},
-                            "rows": run(variant, dataset, args)}
-        rows = results[variant]["rows"]
-        measured = [r for r in rows if "loss" in r]
-        print(f"{variant:20s} last step {rows[-1]['step']:5d}, loss first/last {measured[0]['loss']:.3g}/"
-              f"{measured[-1]['loss']:.3g}, energy rose at {sum(r['energy_rose'] for r in measured)} "
-              f"of {len(measured)} records; {rows[-1].get('stopped', 'finished')}", flush=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(out)
-    print(f"wrote {out}")
+    if not args.summary:
+        torch.set_num_threads(1)
+        warnings.simplefilter("ignore", RuntimeWarning)  # energy rises are recorded per row instead
+        dataset = data.load("fashion-mnist", args.data_dir, download=False, train_size=10_000, seed=args.seed)
+        for variant in args.variants.split(","):
+            settings = dict(zip(("algorithm", "optimizer", "lr", "momentum"), VARIANTS[variant]))
+            results[variant] = {"settings": settings | {"epochs": args.epochs, "seed": args.seed, "every": args.every},
+                                "rows": run(variant, dataset, args)}
+            write_json_atomic(out, results)  # a kill keeps the variants already done
+            print(f"{variant} done", flush=True)
+        print(f"wrote {out}")
+    print(summarise(results))
 
 
 if __name__ == "__main__":

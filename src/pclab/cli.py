@@ -189,9 +189,10 @@ def compare(
     """Train several algorithms on the same data, model and seeds; print and save a table.
 
     \b
-    Prints final test accuracy (mean +- std over seeds), seconds per epoch and
-    the time ratio to bp; writes compare.json, compare.csv, compare.md,
-    curves.png and one run folder per algorithm and seed into --out.
+    Prints final test accuracy (mean +- std over seeds), seconds per epoch, the
+    time ratio to bp and the seeds whose run diverged (the others still count);
+    writes compare.json, compare.csv, compare.md, curves.png and one run folder
+    per algorithm and seed into --out.
     Example:
       pclab compare --data digits --algorithms bp,exact,fpa,pc,incremental --seeds 3
     """

@@ -11,7 +11,8 @@ step's batch before the optimizer moves:
 - ``pclab.align``: each weight tensor's pc update against backprop's gradient;
 - the step the optimizer then takes, against backprop's gradient: its cosine with
   ``-grad`` (> 0: a descent direction for the batch loss) and its size;
-- the norm of the weights of each group (input layer, blocks, head).
+- the norm of the weights of each group (input layer, blocks, head), and the median
+  norm of the head's input over the batch (recorded from the depth-32 runs on).
 
 The same for other optimizers (``--variants``) and for bp, so a claim such as
 "AdamW turns pc's small, misaligned updates into full-size steps" can be checked:
@@ -22,8 +23,12 @@ root (needs ../shared/datasets):
     python docs/lab-results/depth8-pc-step0.01/diagnose.py --variants pc-sgd-0.01-m0.9 --epochs 10
 
 (diagnose.json holds the output of these two: the second replaces the first's
-SGD pc row with one trained until it stopped.) Writes diagnose.json beside this file and prints a table (``--summary``: only the
-table, from the file).
+SGD pc row with one trained until it stopped.) Writes diagnose.json beside this file
+(``--out``: elsewhere) and prints a table (``--summary``: only the table, from the
+file). ``--depth 32`` measures the depth-32 net at the same settings:
+
+    python docs/lab-results/depth8-pc-step0.01/diagnose.py --depth 32 --variants pc-adamw-0.0001,bp-adamw-0.0001 \
+        --epochs 3 --out docs/lab-results/depth32-pc-step0.01-adamw1e-4/diagnose.json
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def run(variant: str, dataset: data.Dataset, args: argparse.Namespace) -> list[d
     algorithm, optimizer_name, lr, momentum = VARIANTS[variant]
     torch.manual_seed(args.seed)
     model = models.build("resnet", input_shape=tuple(dataset.x_train.shape[1:]), num_classes=10,
-                         width=128, depth=8)
+                         width=128, depth=args.depth)
     optimizer = make_optimizer(optimizer_name, list(model.parameters()), lr=lr, momentum=momentum)
     step = pclab.learner(model, algorithm, loss="ce", steps=20, step_size=0.01)
     rows, number = [], 0
@@ -104,7 +109,7 @@ def record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step, x: to
     before = {n: p.detach().clone() for n, p in params.items()}
     optimizer.step()
     moved = {n: params[n].detach() - before[n] for n in params}
-    row = {"loss": result.loss, "energy_rose": result.energy_rose}
+    row = {"loss": result.loss, "energy_rose": result.energy_rose, "features_norm": features_norm(model, x)}
     for g in dict.fromkeys(group(n) for n in weights):
         names = [n for n in weights if group(n) == g]
         row[g] = {
@@ -121,14 +126,27 @@ def record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step, x: to
     return row
 
 
+def features_norm(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Median over the batch of the norm of what the head reads: the residual stream's
+    scale, which weight norms alone do not show when many blocks add up."""
+    seen = []
+    handle = model.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return float(seen[0].flatten(1).norm(dim=1).median())
+
+
 GROUPS = ("input", "blocks", "head")
 
 
 def summarise(results: dict) -> str:
     """The table the README quotes: loss by window of steps, weight norms, early step sizes."""
     lines = ["| variant | batch loss, median per epoch | step's cosine with -gradient, median per epoch | max loss | descent steps | energy rose | weight norm input, blocks, head: first -> last "
-             "| steps 1-150, median: pc update / bp gradient, input / blocks | step norm, input / blocks |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| steps 1-150, median: pc update / bp gradient, input / blocks | step norm, input / blocks | head's input norm, median per epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for variant, entry in results.items():
         rows = [r for r in entry["rows"] if "loss" in r]
         early = [r for r in rows if r["step"] <= 150]
@@ -139,13 +157,15 @@ def summarise(results: dict) -> str:
                             for e in dict.fromkeys(r["epoch"] for r in rows))
         cosines = " / ".join(f"{med(lambda r: r['model_step_cos_with_minus_grad'], [r for r in rows if r['epoch'] == e]):.2f}"
                              for e in dict.fromkeys(r["epoch"] for r in rows))
+        features = " / ".join(f"{med(lambda r: r['features_norm'], [r for r in rows if r['epoch'] == e]):.3g}"
+                              for e in dict.fromkeys(r["epoch"] for r in rows)) if "features_norm" in rows[0] else "-"
         norms = ", ".join(f"{rows[0][g]['weight_norm']:.1f} -> {rows[-1][g]['weight_norm']:.1f}" for g in GROUPS)
         lines.append(
             f"| {variant} | {losses} | {cosines} | {max(r['loss'] for r in rows):.3g} "
             f"| {sum(r['predicted_loss_change'] < 0 for r in rows) / len(rows):.0%} "
             f"| {sum(r['energy_rose'] for r in rows)} of {len(rows)} | {norms} "
             f"| {med(lambda r: r['input']['pc_ratio_median'], early):.3f} / {med(lambda r: r['blocks']['pc_ratio_median'], early):.3f} "
-            f"| {med(lambda r: r['input']['step_norm'], early):.3g} / {med(lambda r: r['blocks']['step_norm'], early):.3g} |"
+            f"| {med(lambda r: r['input']['step_norm'], early):.3g} / {med(lambda r: r['blocks']['step_norm'], early):.3g} | {features} |"
             + (f" stopped: {entry['rows'][-1]['stopped']}" if "stopped" in entry["rows"][-1] else ""))
     return "\n".join(lines)
 
@@ -157,9 +177,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="record every this many steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default="../shared/datasets/fashion-mnist")
+    parser.add_argument("--depth", type=int, default=8, help="residual blocks (the folder's runs: 8)")
+    parser.add_argument("--out", type=Path, default=HERE / "diagnose.json",
+                        help="results file; variants already in it and not rerun are kept")
     parser.add_argument("--summary", action="store_true", help="print the table of diagnose.json; train nothing")
     args = parser.parse_args()
-    out = HERE / "diagnose.json"
+    out = args.out
     results = json.loads(out.read_text()) if out.exists() else {}
     if not args.summary:
         torch.set_num_threads(1)
@@ -167,7 +190,8 @@ def main() -> None:
         dataset = data.load("fashion-mnist", args.data_dir, download=False, train_size=10_000, seed=args.seed)
         for variant in args.variants.split(","):
             settings = dict(zip(("algorithm", "optimizer", "lr", "momentum"), VARIANTS[variant]))
-            results[variant] = {"settings": settings | {"epochs": args.epochs, "seed": args.seed, "every": args.every},
+            results[variant] = {"settings": settings | {"epochs": args.epochs, "seed": args.seed, "every": args.every,
+                                                             "depth": args.depth},
                                 "rows": run(variant, dataset, args)}
             write_json_atomic(out, results)  # a kill keeps the variants already done
             print(f"{variant} done", flush=True)

@@ -29,6 +29,12 @@ file). ``--depth 32`` measures the depth-32 net at the same settings:
 
     python docs/lab-results/depth8-pc-step0.01/diagnose.py --depth 32 --variants pc-adamw-0.0001,bp-adamw-0.0001 \
         --epochs 3 --out docs/lab-results/depth32-pc-step0.01-adamw1e-4/diagnose.json
+
+and, in the same file, SGD and AdamW at lr 1e-5 there:
+
+    python docs/lab-results/depth8-pc-step0.01/diagnose.py --depth 32 --epochs 3 \
+        --variants pc-sgd-0.01-m0.9,bp-sgd-0.01-m0.9,pc-adamw-1e-05,bp-adamw-1e-05 \
+        --out docs/lab-results/depth32-pc-step0.01-adamw1e-4/diagnose.json
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ HERE = Path(__file__).parent
 # name -> (algorithm, optimizer, lr, momentum)
 VARIANTS = {
     f"{algorithm}-{optimizer}-{lr:g}" + (f"-m{momentum:g}" if momentum else ""): (algorithm, optimizer, lr, momentum)
-    for optimizer, lr, momentum in (("adamw", 1e-3, 0.0), ("adamw", 1e-4, 0.0), ("sgd", 0.01, 0.9))
+    for optimizer, lr, momentum in (("adamw", 1e-3, 0.0), ("adamw", 1e-4, 0.0), ("adamw", 1e-5, 0.0), ("sgd", 0.01, 0.9))
     for algorithm in ("pc", "bp")
 }
 

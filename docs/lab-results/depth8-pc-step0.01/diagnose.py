@@ -35,6 +35,13 @@ and, in the same file, SGD and AdamW at lr 1e-5 there:
     python docs/lab-results/depth8-pc-step0.01/diagnose.py --depth 32 --epochs 3 \
         --variants pc-sgd-0.01-m0.9,bp-sgd-0.01-m0.9,pc-adamw-1e-05,bp-adamw-1e-05 \
         --out docs/lab-results/depth32-pc-step0.01-adamw1e-4/diagnose.json
+
+and with a LayerNorm before each block's layers and the head (``--norm layer``), in a
+file of its own since the variants' names do not say the norm:
+
+    python docs/lab-results/depth8-pc-step0.01/diagnose.py --depth 32 --norm layer --epochs 3 \
+        --variants pc-adamw-0.0001,bp-adamw-0.0001 \
+        --out docs/lab-results/depth32-pc-step0.01-adamw1e-4/diagnose-layernorm.json
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ def run(variant: str, dataset: data.Dataset, args: argparse.Namespace) -> list[d
     algorithm, optimizer_name, lr, momentum = VARIANTS[variant]
     torch.manual_seed(args.seed)
     model = models.build("resnet", input_shape=tuple(dataset.x_train.shape[1:]), num_classes=10,
-                         width=128, depth=args.depth)
+                         width=128, depth=args.depth, norm=args.norm)
     optimizer = make_optimizer(optimizer_name, list(model.parameters()), lr=lr, momentum=momentum)
     step = pclab.learner(model, algorithm, loss="ce", steps=20, step_size=0.01)
     rows, number = [], 0
@@ -184,6 +191,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default="../shared/datasets/fashion-mnist")
     parser.add_argument("--depth", type=int, default=8, help="residual blocks (the folder's runs: 8)")
+    parser.add_argument("--norm", choices=("none", "layer", "batch"), default="none",
+                        help="normalisation before each block's layers and the head (the folder's runs: none)")
     parser.add_argument("--out", type=Path, default=HERE / "diagnose.json",
                         help="results file; variants already in it and not rerun are kept")
     parser.add_argument("--summary", action="store_true", help="print the table of diagnose.json; train nothing")
@@ -197,7 +206,7 @@ def main() -> None:
         for variant in args.variants.split(","):
             settings = dict(zip(("algorithm", "optimizer", "lr", "momentum"), VARIANTS[variant]))
             results[variant] = {"settings": settings | {"epochs": args.epochs, "seed": args.seed, "every": args.every,
-                                                             "depth": args.depth},
+                                                             "depth": args.depth, "norm": args.norm},
                                 "rows": run(variant, dataset, args)}
             write_json_atomic(out, results)  # a kill keeps the variants already done
             print(f"{variant} done", flush=True)

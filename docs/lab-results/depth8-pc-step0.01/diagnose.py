@@ -166,12 +166,14 @@ def summarise(results: dict) -> str:
 
         def med(key, within=rows):
             return statistics.median(key(r) for r in within)
-        losses = " / ".join(f"{med(lambda r: r['loss'], [r for r in rows if r['epoch'] == e]):.3g}"
-                            for e in dict.fromkeys(r["epoch"] for r in rows))
-        cosines = " / ".join(f"{med(lambda r: r['model_step_cos_with_minus_grad'], [r for r in rows if r['epoch'] == e]):.2f}"
-                             for e in dict.fromkeys(r["epoch"] for r in rows))
-        features = " / ".join(f"{med(lambda r: r['features_norm'], [r for r in rows if r['epoch'] == e]):.3g}"
-                              for e in dict.fromkeys(r["epoch"] for r in rows)) if "features_norm" in rows[0] else "-"
+
+        def per_epoch(field: str, spec: str) -> str:
+            if field not in rows[0]:  # recorded from a later version of this script on
+                return "-"
+            return " / ".join(format(med(lambda r: r[field], [r for r in rows if r["epoch"] == e]), spec)
+                              for e in dict.fromkeys(r["epoch"] for r in rows))
+        losses, cosines = per_epoch("loss", ".3g"), per_epoch("model_step_cos_with_minus_grad", ".2f")
+        features = per_epoch("features_norm", ".3g")
         norms = ", ".join(f"{rows[0][g]['weight_norm']:.1f} -> {rows[-1][g]['weight_norm']:.1f}" for g in GROUPS)
         lines.append(
             f"| {variant} | {losses} | {cosines} | {max(r['loss'] for r in rows):.3g} "

@@ -179,7 +179,7 @@ def summarise(results: dict) -> str:
             f"| {variant} | {losses} | {cosines} | {max(r['loss'] for r in rows):.3g} "
             f"| {sum(r['predicted_loss_change'] < 0 for r in rows) / len(rows):.0%} "
             f"| {sum(r['energy_rose'] for r in rows)} of {len(rows)} | {norms} "
-            f"| {med(lambda r: r['input']['pc_ratio_median'], early):.3f} / {med(lambda r: r['blocks']['pc_ratio_median'], early):.3f} "
+            f"| {med(lambda r: r['input']['pc_ratio_median'], early):.2g} / {med(lambda r: r['blocks']['pc_ratio_median'], early):.2g} "
             f"| {med(lambda r: r['input']['step_norm'], early):.3g} / {med(lambda r: r['blocks']['step_norm'], early):.3g} | {features} |"
             + (f" stopped: {entry['rows'][-1]['stopped']}" if "stopped" in entry["rows"][-1] else ""))
     return "\n".join(lines)

@@ -589,6 +589,8 @@ def _machine_line(m: dict[str, Any]) -> str:
         parts.append(f"torch {m['torch']}")
     if m.get("torch_threads"):
         parts.append(f"{m['torch_threads']} torch threads")
+    if m.get("gpu"):
+        parts.append(f"GPU: {m['gpu']}")
     if m.get("heap"):
         parts.append(f"heap: {m['heap']}")
     if m.get("loadavg_1_5_15"):
@@ -693,6 +695,8 @@ def _render_speed(report: dict[str, Any], source: str) -> list[str]:
     subset = [", ".join(models), "re-measured" if timed else "peak memory re-measured, no timings"]
     if report["machine"].get("heap") == "glibc defaults":  # speed.py --default-malloc
         subset.append("glibc's default heap")
+    if report["machine"].get("gpu"):  # speed.py --device cuda
+        subset.append(f"on the GPU ({report['machine']['gpu']}): peak memory is CUDA's allocator peak")
     lines = ["## Speed: one training step against backprop"
              + ("" if source == "speed.json" else f" ({', '.join(subset)})"), "",
              f"- date: {report['date']}" + (f"; commit {report['commit']}" if report.get("commit") else "")

@@ -4,6 +4,7 @@ and how it is written."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -39,6 +40,8 @@ def commit() -> str | None:
     ``"<scripts' commit> (pclab <its commit>)"``.
     """
     scripts = _commit(REPO_ROOT)
+    if scripts is None:  # a copy of the tree without .git (shipped to a GPU machine) names its commit itself
+        return os.environ.get("PCLAB_COMMIT") or None
     library = _library_root()
     if scripts is None or library is None or library == REPO_ROOT:
         return scripts

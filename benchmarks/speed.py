@@ -18,8 +18,8 @@ and speed cancel:
 ``--compile`` adds the same table with ``compile=True`` (pclab's torch.compile path;
 backprop and the references compiled too, with ``torch.compile(model)``), its
 ratios taken against compiled backprop, plus ``x eager bp`` (incremental PC compiles
-its ticks, not its optimizer steps). Peak memory is not sampled for compiled rows
-(fused kernels bypass the op-level sampling).
+its ticks, not its optimizer steps). On the CPU peak memory is not sampled for
+compiled rows (fused kernels bypass the op-level sampling).
 
 Timings interleave all configurations over several rounds and keep each one's
 median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use bytes,
@@ -36,6 +36,13 @@ in the same process, under the same setting.
 
 ``--memory-only`` skips the timings: the heap peaks are counted, not timed, so they
 come out the same on a busy machine, where timings would not.
+
+``--device cuda`` runs every step on the GPU: timings synchronize the device around
+each timed loop, and peak memory is CUDA's allocator peak
+(``torch.cuda.max_memory_allocated``) during a step beyond what was allocated before
+it, so compiled rows get it too. The heap settings do not apply there.
+
+    python benchmarks/speed.py --device cuda --compile --json benchmarks/results/speed-cuda.json
 """
 
 from __future__ import annotations
@@ -110,8 +117,9 @@ class _PeakHeap(TorchDispatchMode):
         return out
 
 
-def _peak_bytes(step: Callable[[], None], model: nn.Module) -> float:
-    """Peak heap a step needs beyond the parameters and the optimizer state.
+def _peak_bytes(step: Callable[[], None], model: nn.Module, device: torch.device) -> float:
+    """Peak memory (heap, or CUDA's allocator on a GPU) a step needs beyond the
+    parameters and the optimizer state.
 
     The last step's gradients are freed first: left in place, backprop's
     ``zero_grad`` would free them inside the measured step and its new ones would
@@ -121,6 +129,13 @@ def _peak_bytes(step: Callable[[], None], model: nn.Module) -> float:
     step()  # optimizer state and caches exist before measuring, as in training
     for p in model.parameters():
         p.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
     with _PeakHeap() as mode:
         step()
     return float(mode.peak - mode.base)
@@ -170,10 +185,14 @@ def _reference_steps(model, x, y, compiled: bool) -> dict[str, Callable[[], None
     return {"fwd": forward, "fwd+bwd": forward_backward, "opt": optimizer}
 
 
-def _time(fn: Callable[[], None], repeat: int) -> float:
+def _time(fn: Callable[[], None], repeat: int, device: torch.device) -> float:
+    """Mean wall time of ``fn`` over ``repeat`` calls; on a GPU, the kernels they queued included."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(repeat):
         fn()
+    sync()
     return (time.perf_counter() - start) / repeat
 
 
@@ -196,34 +215,35 @@ def _incremental_passes(model: nn.Module, x: torch.Tensor) -> Callable[[], None]
 
 
 def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: int, repeat: int,
-            memory: bool, compiled: bool = False, timed: bool = True) -> list[dict]:
+            memory: bool, compiled: bool = False, timed: bool = True,
+            device: torch.device = torch.device("cpu")) -> list[dict]:
     torch.manual_seed(0)
-    model = case.build()
-    x, y = case.batch(batch)
+    model = case.build().to(device)
+    x, y = (t.to(device) for t in case.batch(batch))
     configs = {f"{a}:{t}": _training_step(model, x, y, a, t, compiled) for a, t in algorithms}
     rows = [{"model": case.name, "algorithm": a, "T": t if a != "bp" else None, "compiled": compiled}
             for a, t in algorithms]
-    if memory and not compiled:
-        peak_bp = _peak_bytes(configs["bp:1"], model)
+    if memory and (device.type == "cuda" or not compiled):  # the heap sampling misses fused kernels
+        peak_bp = _peak_bytes(configs["bp:1"], model, device)
         for row, step in zip(rows, configs.values()):
-            row["peak_memory_vs_bp"] = _peak_bytes(step, model) / max(peak_bp, 1.0)
+            row["peak_memory_vs_bp"] = _peak_bytes(step, model, device) / max(peak_bp, 1.0)
     if timed and not compiled and any(a == "incremental" for a, _ in algorithms):
         configs[PASSES] = _incremental_passes(model, x)
         rows.append({"model": case.name, "algorithm": PASSES, "T": None, "compiled": False})
     if timed:
-        _add_timings(rows, configs, _reference_steps(model, x, y, compiled), rounds, repeat)
+        _add_timings(rows, configs, _reference_steps(model, x, y, compiled), rounds, repeat, device)
     return rows
 
 
 def _add_timings(rows: list[dict], configs: dict[str, Callable[[], None]],
-                 refs: dict[str, Callable[[], None]], rounds: int, repeat: int) -> None:
+                 refs: dict[str, Callable[[], None]], rounds: int, repeat: int, device: torch.device) -> None:
     """Each row's median step time, against backprop and against its algorithm's budget."""
     timings: dict[str, list[float]] = {k: [] for k in [*configs, *refs]}
     for fn in [*configs.values(), *refs.values()]:
         fn()  # warm up: graph capture, optimizer state
     for _ in range(rounds):
         for key, fn in [*configs.items(), *refs.items()]:
-            timings[key].append(_time(fn, repeat))
+            timings[key].append(_time(fn, repeat, device))
     med = {k: statistics.median(v) for k, v in timings.items()}
     t_fwd, t_fb, t_opt = med["fwd"], med["fwd+bwd"], med["opt"]
     t_bwd = max(t_fb - t_fwd, 1e-9)
@@ -277,16 +297,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also measure every step with compile=True")
     parser.add_argument("--memory-only", action="store_true",
                         help="peak memory alone, no timings (the same on a busy machine)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the steps run (cuda: the current GPU)")
     parser.add_argument("--models", default=None, help=f"comma-separated subset of: {', '.join(c.name for c in CASES)}")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "speed.json")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="results file (default: benchmarks/results/speed.json, speed-cuda.json on a GPU)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's heap settings alone (by default the process keeps freed memory "
                              "for reuse, as `pclab train` does: pclab.allocator.retain_freed_memory)")
     args = parser.parse_args(argv)
-    if args.memory_only and args.compile:
-        parser.error("--memory-only measures eager steps only (compiled rows sample no memory); drop --compile")
-    retained = not args.default_malloc and pclab.allocator.retain_freed_memory()
-    sample_memory = pclab.allocator.heap_info() is not None  # glibc's counters are there to sample
+    if args.memory_only and args.compile and args.device == "cpu":
+        parser.error("--memory-only on the CPU measures eager steps only (compiled rows sample no memory); "
+                     "drop --compile")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU); "
+                     "drop --device or install a CUDA build of torch")
+    on_gpu = device.type == "cuda"
+    retained = not on_gpu and not args.default_malloc and pclab.allocator.retain_freed_memory()
+    # CUDA's allocator counts its own peak; on the CPU, glibc's counters must be there to sample
+    sample_memory = on_gpu or pclab.allocator.heap_info() is not None
     if args.memory_only and not sample_memory:
         parser.error("--memory-only needs glibc's heap counters (mallinfo2), which this C library lacks")
     code = commit()  # the code this process imports now, not what the tree holds when it ends
@@ -307,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
     for case in cases:
         for compiled in (False, True) if args.compile else (False,):
             rows += measure(case, algorithms, args.batch, args.rounds, args.repeat,
-                            memory=sample_memory, compiled=compiled, timed=not args.memory_only)
+                            memory=sample_memory, compiled=compiled, timed=not args.memory_only,
+                            device=device)
         if args.compile:
             _against_eager(rows)
         print(_table([r for r in rows if r["model"] == case.name]), flush=True)
@@ -316,11 +347,13 @@ def main(argv: list[str] | None = None) -> dict:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpu": cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(),
-                    "heap": "freed memory retained (pclab.allocator)" if retained else "glibc defaults"},
+                    **({"gpu": torch.cuda.get_device_name(device)} if on_gpu else
+                       {"heap": "freed memory retained (pclab.allocator)" if retained else "glibc defaults"})},
         "commit": code, "batch": args.batch, "targets_vs_budget": TARGETS, "rows": rows,
     }
     if not args.smoke:
-        write_result(args.json, result)
+        default = Path(__file__).parent / "results" / ("speed-cuda.json" if on_gpu else "speed.json")
+        write_result(args.json or default, result)
     return result
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,13 @@ def test_speed_smoke_rows():
     assert report["commit"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+modified)?", report["commit"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torch sees no GPU")
+def test_speed_on_cuda_without_a_gpu_is_refused_with_the_fix(capsys):
+    with pytest.raises(SystemExit):
+        _load("speed").main(["--smoke", "--device", "cuda"])
+    assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
 def test_speed_memory_only_counts_peaks_without_timing():
     import pclab.allocator
 
@@ -111,6 +119,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     (results / "speed-memory.json").write_text(json.dumps(memory))
     default_heap = {**again, "machine": {**speed["machine"], "heap": "glibc defaults"}}
     (results / "speed-mlp-default-malloc.json").write_text(json.dumps(default_heap))
+    gpu = {**again, "machine": {**speed["machine"], "gpu": "Fabricated GPU 1"}}
+    (results / "speed-cuda.json").write_text(json.dumps(gpu))
     pcx = {"date_utc": "2000-01-03T00:00:00+00:00", "command": "python compare_pcx.py --fabricated",
            "machine": {"cpu_model": "Fabricated CPU 9000", "nproc": 7},
            "versions": {"torch_threads": 3}, "table": [["steps/s", "123.4", "567.8"]]}
@@ -136,6 +146,9 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     assert "| cnn | fpa | 8 |  | - | - | - |  | 2.47 | - |" in text
     # one re-measured without pclab's heap setting says so in its heading
     assert "(mlp, re-measured, glibc's default heap)" in text
+    # one measured on a GPU names it, in its heading and its machine line
+    assert "(mlp, re-measured, on the GPU (Fabricated GPU 1): peak memory is CUDA's allocator peak)" in text
+    assert "7 torch threads, GPU: Fabricated GPU 1" in text
     # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.
     assert "| steps/s | 11.1 | 22.2 |" in text and "both on 1 core\n" in text
     assert "both pinned to cores 0-0" in text and "smoke" not in text

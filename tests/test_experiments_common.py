@@ -1,10 +1,12 @@
 """What every lab command shares: bad input fails before any run, with a message naming it."""
 
 import pytest
+import torch
 import typer
 
 from pclab.experiments import catapult, double_descent, grok, sample_efficiency
 from pclab.experiments.common import ConfigError, group
+from pclab.experiments.sweep import run_id
 
 
 @pytest.mark.parametrize("module, options, message", [
@@ -42,6 +44,7 @@ from pclab.experiments.common import ConfigError, group
     (double_descent, {"pc_step_size": float("inf")}, "pc-step-size must be > 0"),
     (grok, {"pc_step_size": -1.0}, "pc-step-size must be > 0"),
     (grok, {"pc_steps": -2}, "pc-steps must be >= 1"),
+    (grok, {"device": "gpu"}, "device must be auto, cpu or cuda"),
 ], ids=lambda v: v.__name__.rsplit(".", 1)[-1] if hasattr(v, "__name__") else None)
 def test_bad_input_fails_before_any_run(module, options, message, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))
@@ -72,6 +75,24 @@ def test_compile_reaches_every_training_run(module, monkeypatch):
                if module is sample_efficiency else module.runs(config))
     trained = [r for r in planned if hasattr(r, "algorithm")]
     assert config.compile and trained and all(r.compile for r in trained)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torch sees no GPU")
+@pytest.mark.parametrize("module", [grok], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_cuda_without_a_gpu_is_refused_before_any_run(module, monkeypatch):
+    monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))
+    with pytest.raises(ConfigError, match="torch sees no CUDA device.*use --device cpu or auto"):
+        module.make_config(quick=True, device="cuda")
+
+
+@pytest.mark.parametrize("module", [grok], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_device_reaches_every_run_and_keeps_its_id(module):
+    """``--device`` goes to every run; it says how a run executes, not what it computes,
+    so a run keeps its id (and a sweep resumes) whichever device it ran on."""
+    on_cpu = module.runs(module.make_config(quick=True, device="cpu"))
+    anywhere = module.runs(module.make_config(quick=True, device="auto"))
+    assert on_cpu and all(r.device == "cpu" for r in on_cpu)
+    assert [run_id(r) for r in on_cpu] == [run_id(r) for r in anywhere]
 
 
 def test_the_energy_rise_note_counts_only_runs_that_recorded_it():

@@ -103,6 +103,7 @@ def test_transformer_model_trains_with_pc():
                        embed_dim=4, d_model=8, heads=2, layers=1, pc_steps=2, pc_step_size=0.1)
     result = grok.run_one(run)
     assert result["steps_run"] == 2 and len(result["evals"]) == 3
+    assert result["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name())
 
 
 def test_compiled_learners_reproduce_the_eager_sweep_and_say_so(tiny_run, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import numpy as np
+import torch
 import typer
 
 from .sweep import config_dict, results, write_json_atomic, write_text_atomic
@@ -47,6 +48,7 @@ PcStepSize = Annotated[float, typer.Option(help="PC inference step size (0: the 
 Compile = Annotated[bool, typer.Option(help="Run every learner through torch.compile: the same updates to rounding, "
                                        "faster where per-op overhead dominates (small models, PC's many "
                                        "inference steps); each run compiles first.")]
+Device = Annotated[str, typer.Option(help="Where each run trains: auto (CUDA if torch sees a GPU), cpu or cuda.")]
 
 
 def seeds(seed: int, num_seeds: int, preset: Sequence[int]) -> tuple[int, ...]:
@@ -121,6 +123,23 @@ def check_pc(pc_steps: int, pc_step_size: float) -> None:
     """Raise :class:`ConfigError` unless PC's inference steps and step size are usable."""
     require(pc_steps >= 1, f"--pc-steps must be >= 1; got {pc_steps}")
     require(pc_step_size > 0 and math.isfinite(pc_step_size), f"--pc-step-size must be > 0; got {pc_step_size}")
+
+
+def check_device(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is a device this machine can train on."""
+    require(name in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda; got {name!r}")
+    require(name != "cuda" or torch.cuda.is_available(),
+            "--device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU); use --device cpu or auto")
+
+
+def device(name: str) -> torch.device:
+    """The device ``--device name`` trains on (``auto``: the GPU when torch sees one)."""
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """What a run record says it trained on: ``cpu``, or the GPU's name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def check_positive(values: Sequence[float], option: str, *, integer: bool = False) -> None:

@@ -85,6 +85,7 @@ class GrokConfig:
     pc_steps: int = 20
     pc_step_size: float = 0.1
     compile: bool = False
+    device: str = "auto"
 
     def validate(self) -> None:
         require(self.model in ("mlp", "transformer"), f"--model must be mlp or transformer; got {self.model!r}")
@@ -107,6 +108,7 @@ class GrokConfig:
         for name in ("width", "embed_dim", "d_model", "heads", "layers"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1; got {getattr(self, name)}")
         require(self.d_model % self.heads == 0, f"heads={self.heads} must divide d_model={self.d_model}")
+        common.check_device(self.device)
 
 
 FULL = GrokConfig()
@@ -139,6 +141,7 @@ class GrokRun:
     pc_steps: int
     pc_step_size: float
     compile: bool = execution_only(False)
+    device: str = execution_only("auto")
 
     @property
     def label(self) -> str:
@@ -148,7 +151,8 @@ class GrokRun:
 def runs(config: GrokConfig) -> list[GrokRun]:
     shared = {k: getattr(config, k) for k in ("model", "p", "lr", "steps", "batch_size", "eval_every",
                                               "stop_when_grokked", "width", "embed_dim", "d_model",
-                                              "heads", "layers", "pc_steps", "pc_step_size", "compile")}
+                                              "heads", "layers", "pc_steps", "pc_step_size", "compile",
+                                              "device")}
     return [GrokRun(fraction=f, weight_decay=wd, algorithm=a, seed=s, **shared)
             for a in config.algorithms for f in config.fractions for wd in config.weight_decays
             for s in config.seeds]
@@ -185,9 +189,11 @@ def first_step(evals: list[dict], key: str, target: float = TARGET) -> int | Non
 
 
 def run_one(run: GrokRun) -> dict:
-    x, y, xv, yv = modular_addition(run.p, run.fraction, run.seed, equals_token=run.model == "transformer")
+    device = common.device(run.device)
+    x, y, xv, yv = (t.to(device) for t in modular_addition(run.p, run.fraction, run.seed,
+                                                           equals_token=run.model == "transformer"))
     torch.manual_seed(run.seed)
-    model = build_model(run)
+    model = build_model(run).to(device)
 
     def evaluate(step: int) -> dict:
         return {"train_acc": accuracy(model, x, y), "val_acc": accuracy(model, xv, yv),
@@ -211,7 +217,7 @@ def run_one(run: GrokRun) -> dict:
         "final_val_acc": evals[-1]["val_acc"] if evals else math.nan,
         "final_weight_norm": evals[-1]["weight_norm"] if evals else math.nan,
         "steps_run": len(history.loss), "evals": evals, "diverged": history.diverged,
-        "reason": history.reason, "energy_rises": history.energy_rises,
+        "reason": history.reason, "energy_rises": history.energy_rises, "device": common.device_name(device),
     }
 
 
@@ -393,6 +399,7 @@ def command(
     layers: Annotated[int, typer.Option(help="Transformer layers (0: the preset's).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/grok"),
     compile: common.Compile = False,
+    device: common.Device = "auto",
     workers: common.Workers = 2,
     ray: common.Ray = False,
     ray_address: common.RayAddress = "",
@@ -409,10 +416,10 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", model: str = 
                 eval_every: int = 0, pc_steps: int = 0, pc_step_size: float = 0.0,
                 batch_size: int | None = None, width: int = 0,
                 d_model: int = 0, layers: int = 0, seed: int = 0, num_seeds: int = 0,
-                compile: bool = False) -> GrokConfig:
+                compile: bool = False, device: str = "auto") -> GrokConfig:
     config = common.configure(
         QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile,
-        model=model or None,
+        device=device, model=model or None,
         p=p or None, lr=lr or None, steps=steps or None, eval_every=eval_every or None,
         pc_steps=pc_steps or None, pc_step_size=pc_step_size or None, batch_size=batch_size, width=width or None, d_model=d_model or None,
         layers=layers or None,

@@ -695,14 +695,17 @@ def _render_speed(report: dict[str, Any], source: str) -> list[str]:
     subset = [", ".join(models), "re-measured" if timed else "peak memory re-measured, no timings"]
     if report["machine"].get("heap") == "glibc defaults":  # speed.py --default-malloc
         subset.append("glibc's default heap")
-    if report["machine"].get("gpu"):  # speed.py --device cuda
-        subset.append(f"on the GPU ({report['machine']['gpu']}): peak memory is CUDA's allocator peak")
-    lines = ["## Speed: one training step against backprop"
-             + ("" if source == "speed.json" else f" ({', '.join(subset)})"), "",
+    gpu = report["machine"].get("gpu")  # speed.py --device cuda: a table of its own, not a re-measured subset
+    heading = (f"## Speed on the GPU ({gpu}): one training step against backprop, batch {report['batch']}"
+               if gpu else "## Speed: one training step against backprop"
+               + ("" if source == "speed.json" else f" ({', '.join(subset)})"))
+    lines = [heading, "",
              f"- date: {report['date']}" + (f"; commit {report['commit']}" if report.get("commit") else "")
              + f"; machine: {_machine_line(report['machine'])}",
              f"- command: `python benchmarks/{report['command']}`, batch {report['batch']}",
-             f"- source: `benchmarks/results/{source}`", "",
+             f"- source: `benchmarks/results/{source}`",
+             *(["- timings synchronize the GPU; peak memory is CUDA's allocator peak during a step beyond "
+                "what was allocated before it"] if gpu else []), "",
              "| model | algorithm | T | compiled | ms/step | × bp | × budget | budget | peak memory × bp "
              "| × eager bp |",
              "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |"]

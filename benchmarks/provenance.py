@@ -37,11 +37,14 @@ def commit() -> str | None:
 
     When the pclab that gets imported comes from another checkout (``PYTHONPATH`` at
     an older one, to measure it with these scripts), that checkout's commit follows:
-    ``"<scripts' commit> (pclab <its commit>)"``.
+    ``"<scripts' commit> (pclab <its commit>)"``. ``$PCLAB_COMMIT``, when set, is
+    reported instead: the commit a tree copied to another machine was copied from,
+    where git there cannot tell (no ``.git``, or one that stands at another commit).
     """
+    named = os.environ.get("PCLAB_COMMIT")
+    if named:  # a tree copied to another machine, whose .git is absent or not the tree's, names its commit
+        return named
     scripts = _commit(REPO_ROOT)
-    if scripts is None:  # a copy of the tree without .git (shipped to a GPU machine) names its commit itself
-        return os.environ.get("PCLAB_COMMIT") or None
     library = _library_root()
     if scripts is None or library is None or library == REPO_ROOT:
         return scripts

@@ -147,7 +147,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     # one re-measured without pclab's heap setting says so in its heading
     assert "(mlp, re-measured, glibc's default heap)" in text
     # one measured on a GPU names it, in its heading and its machine line
-    assert "(mlp, re-measured, on the GPU (Fabricated GPU 1): peak memory is CUDA's allocator peak)" in text
+    assert "## Speed on the GPU (Fabricated GPU 1): one training step against backprop, batch 64" in text
+    assert "peak memory is CUDA's allocator peak" in text
     assert "7 torch threads, GPU: Fabricated GPU 1" in text
     # Each PCX comparison gets its own section; a pinned one says on how many cores; smoke runs stay out.
     assert "| steps/s | 11.1 | 22.2 |" in text and "both on 1 core\n" in text
@@ -393,6 +394,9 @@ def test_a_result_records_its_code_modified_only_by_code_not_by_docs_or_benchmar
     subprocess.run(["git", "clone", "-q", str(tmp_path), str(other)], check=True, capture_output=True)
     monkeypatch.setattr(provenance, "_library_root", lambda: other)
     assert provenance.commit() == f"{clean}+modified (pclab {clean})"
+    # a copy run elsewhere names the commit it was copied from, whatever git there says
+    monkeypatch.setenv("PCLAB_COMMIT", "abc1234")
+    assert provenance.commit() == "abc1234"
 
 
 def test_alignment_smoke_measures_exact_as_backprop_and_refuses_missing_data(tmp_path):

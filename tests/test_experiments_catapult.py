@@ -6,6 +6,7 @@ import math
 import re
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -64,6 +65,7 @@ def test_tiny_sweep_writes_everything(tiny_run):
         assert r["config"]["seed"] == 0 and "pc_steps" in r["config"]
         assert res["lr"] == pytest.approx(r["config"]["c"] * 2 / res["lambda0"])
         assert res["regime"] in catapult.REGIMES
+        assert res["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name())  # the record says where it trained
         assert res["evals"][0]["sharpness"] == res["lambda0"] > 0
         # lazy runs train for steps / c ("physical time" matched)
         assert len(res["loss"]) == (60 if r["config"]["c"] == 0.5 else 30) or res["diverged"]

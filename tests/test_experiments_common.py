@@ -9,6 +9,16 @@ from pclab.experiments.common import ConfigError, group
 from pclab.experiments.sweep import run_id
 
 
+LABS = [catapult, double_descent, grok, sample_efficiency]
+
+
+def _planned_training_runs(module, config) -> list:
+    """Every run of ``config`` that trains a learner (random-feature runs have none)."""
+    planned = (module.teacher_runs(config) + module.standard_runs(config)
+               if module is sample_efficiency else module.runs(config))
+    return [r for r in planned if hasattr(r, "algorithm")]
+
+
 @pytest.mark.parametrize("module, options, message", [
     (catapult, {"cs": "0.5,0"}, "positive"),
     (catapult, {"cs": "-1"}, "positive"),
@@ -44,7 +54,10 @@ from pclab.experiments.sweep import run_id
     (double_descent, {"pc_step_size": float("inf")}, "pc-step-size must be > 0"),
     (grok, {"pc_step_size": -1.0}, "pc-step-size must be > 0"),
     (grok, {"pc_steps": -2}, "pc-steps must be >= 1"),
+    (catapult, {"device": "gpu"}, "device must be auto, cpu or cuda"),
+    (double_descent, {"device": "gpu"}, "device must be auto, cpu or cuda"),
     (grok, {"device": "gpu"}, "device must be auto, cpu or cuda"),
+    (sample_efficiency, {"device": "gpu"}, "device must be auto, cpu or cuda"),
 ], ids=lambda v: v.__name__.rsplit(".", 1)[-1] if hasattr(v, "__name__") else None)
 def test_bad_input_fails_before_any_run(module, options, message, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))
@@ -64,33 +77,30 @@ def test_group_keeps_first_appearance_order():
     assert group(rows, "a")[(2,)] == [rows[0], rows[2]]
 
 
-@pytest.mark.parametrize("module", [catapult, double_descent, grok, sample_efficiency],
-                         ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize("module", LABS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_compile_reaches_every_training_run(module, monkeypatch):
     """``--compile`` goes from the command line to every run that trains a learner
     (random-feature runs solve least squares and have no learner)."""
     monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))
     config = module.make_config(quick=True, compile=True)
-    planned = (module.teacher_runs(config) + module.standard_runs(config)
-               if module is sample_efficiency else module.runs(config))
-    trained = [r for r in planned if hasattr(r, "algorithm")]
+    trained = _planned_training_runs(module, config)
     assert config.compile and trained and all(r.compile for r in trained)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torch sees no GPU")
-@pytest.mark.parametrize("module", [grok], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize("module", LABS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_cuda_without_a_gpu_is_refused_before_any_run(module, monkeypatch):
     monkeypatch.setattr(module, "run_one", lambda run: pytest.fail("a run started"))
     with pytest.raises(ConfigError, match="torch sees no CUDA device.*use --device cpu or auto"):
         module.make_config(quick=True, device="cuda")
 
 
-@pytest.mark.parametrize("module", [grok], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize("module", LABS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_device_reaches_every_run_and_keeps_its_id(module):
-    """``--device`` goes to every run; it says how a run executes, not what it computes,
-    so a run keeps its id (and a sweep resumes) whichever device it ran on."""
-    on_cpu = module.runs(module.make_config(quick=True, device="cpu"))
-    anywhere = module.runs(module.make_config(quick=True, device="auto"))
+    """``--device`` goes to every run that trains; it says how a run executes, not what
+    it computes, so a run keeps its id (and a sweep resumes) whichever device it ran on."""
+    on_cpu = _planned_training_runs(module, module.make_config(quick=True, device="cpu"))
+    anywhere = _planned_training_runs(module, module.make_config(quick=True, device="auto"))
     assert on_cpu and all(r.device == "cpu" for r in on_cpu)
     assert [run_id(r) for r in on_cpu] == [run_id(r) for r in anywhere]
 

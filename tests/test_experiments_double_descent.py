@@ -76,6 +76,8 @@ def test_tiny_sweep_end_to_end(tiny_run):
         assert (out / name).stat().st_size > 0, name
     assert {r["config"].get("algorithm") for r in records} == {None, "bp", "pc"}
     assert all(r["config"]["label_noise"] == dd.QUICK.label_noise for r in records)
+    # each MLP run's record says where it trained (random features solve on the CPU)
+    assert all(r["result"]["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name()) for r in records if r["config"].get("algorithm"))
 
 
 def test_summary_matches_records(tiny_run):

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from pclab.experiments import sample_efficiency as se
 from pclab.experiments.common import ConfigError
@@ -31,6 +32,7 @@ def test_three_recipes_two_algorithms(tiny_run):
     teachers = {r["id"]: r for r in records if r["result"]["recipe"] == "catapult"}
     for r in records:
         res = r["result"]
+        assert res["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name())  # the record says where it trained
         if res["recipe"] == "catapult":
             assert res["lr"] == pytest.approx(2.0 * 2 / res["lambda0"])
             assert res["params"] > 4 ** 2 * 8 * 8  # 4x wider

@@ -74,6 +74,7 @@ class CatapultConfig:
     pc_step_size: float = 0.1
     match_lazy_time: bool = True
     compile: bool = False
+    device: str = "auto"
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
 
@@ -92,6 +93,7 @@ class CatapultConfig:
         require(self.depth >= 1, f"depth must be >= 1; got {self.depth}")
         common.check_pc(self.pc_steps, self.pc_step_size)
         require(self.test_size >= 0, f"--test-size must be >= 0; got {self.test_size}")
+        common.check_device(self.device)
 
 
 FULL = CatapultConfig()
@@ -117,6 +119,7 @@ class CatapultRun:
     dataset: str
     data_dir: str | None
     compile: bool = execution_only(False)
+    device: str = execution_only("auto")
 
     @property
     def label(self) -> str:
@@ -129,7 +132,8 @@ def runs(config: CatapultConfig) -> list[CatapultRun]:
                         steps=round(config.steps / c) if config.match_lazy_time and c < 1 else config.steps,
                         sharpness_every=config.sharpness_every, depth=config.depth,
                         pc_steps=config.pc_steps, pc_step_size=config.pc_step_size,
-                        dataset=config.dataset, data_dir=config.data_dir, compile=config.compile)
+                        dataset=config.dataset, data_dir=config.data_dir, compile=config.compile,
+                        device=config.device)
             for a in config.algorithms for w in config.widths for c in config.cs for s in config.seeds]
 
 
@@ -174,14 +178,15 @@ def run_one(run: CatapultRun) -> dict:
     """Measure lambda0, train at ``lr = 2c/lambda0``, measure sharpness along the way."""
     from pclab.models import build
 
+    device = common.device(run.device)
     data = load_data(run.dataset, run.data_dir, run.train_size, 0.0, run.seed)
-    x, y = data.x_train, data.y_train
     x_test, y_test = data.x_test, data.y_test
     if run.test_size:
         x_test, y_test = x_test[:run.test_size], y_test[:run.test_size]
+    x, y, x_test, y_test = (t.to(device) for t in (data.x_train, data.y_train, x_test, y_test))
     torch.manual_seed(run.seed)
     model = build("mlp", input_shape=data.input_shape, num_classes=data.num_classes,
-                  width=run.width, depth=run.depth, activation="relu")
+                  width=run.width, depth=run.depth, activation="relu").to(device)
     mse = loss_fn("mse")
     first = top_eigenvalue(model, mse, x, y, seed=run.seed)
     lam0 = first.value
@@ -215,7 +220,7 @@ def run_one(run: CatapultRun) -> dict:
         "min_sharpness_after_peak": _min_after_peak(history.loss, sharp),
         "train_acc": accuracy(model, x, y) if not history.diverged else math.nan,
         "test_acc": accuracy(model, x_test, y_test) if not history.diverged else math.nan,
-        "dataset": data.name, **history.as_dict(),
+        "dataset": data.name, "device": common.device_name(device), **history.as_dict(),
     }
 
 
@@ -454,6 +459,7 @@ def command(
     pc_step_size: common.PcStepSize = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/catapult"),
     compile: common.Compile = False,
+    device: common.Device = "auto",
     data_dir: common.DataDir = None,
     workers: common.Workers = 2,
     ray: common.Ray = False,
@@ -469,12 +475,12 @@ def command(
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", widths: str = "", cs: str = "",
                 steps: int = 0, train_size: int = 0, pc_steps: int = 0, pc_step_size: float = 0.0,
                 data_dir: Path | str | None = None,
-                seed: int = 0, num_seeds: int = 0, compile: bool = False) -> CatapultConfig:
+                seed: int = 0, num_seeds: int = 0, compile: bool = False, device: str = "auto") -> CatapultConfig:
     """The preset with the command line's overrides, checked (raises :class:`ConfigError`)."""
     data, available = common.image_data(data_dir)
     config = common.configure(
         QUICK if quick else FULL, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile,
-        **data, widths=common.parse_list(widths, int, "widths") if widths else None,
+        device=device, **data, widths=common.parse_list(widths, int, "widths") if widths else None,
         cs=common.parse_list(cs, float, "cs") if cs else None,
         steps=steps or None, train_size=train_size or None, pc_steps=pc_steps or None,
         pc_step_size=pc_step_size or None)

@@ -98,11 +98,11 @@ def override(preset: T, **options: Any) -> T:
 
 
 def configure(preset: T, *, algorithms: str, seed: int, num_seeds: int, compile: bool = False,
-              **options: Any) -> T:
-    """``preset`` with ``--algorithms``, the seeds, ``--compile`` and the other options
-    (:func:`override`); not yet checked."""
+              device: str = "auto", **options: Any) -> T:
+    """``preset`` with ``--algorithms``, the seeds, ``--compile``, ``--device`` and the
+    other options (:func:`override`); not yet checked."""
     return override(preset, algorithms=parse_list(algorithms, str, "algorithms"),
-                    seeds=seeds(seed, num_seeds, preset.seeds), compile=compile, **options)
+                    seeds=seeds(seed, num_seeds, preset.seeds), compile=compile, device=device, **options)
 
 
 def check_algorithms(algorithms: Sequence[str]) -> None:

@@ -75,6 +75,7 @@ class DoubleDescentConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     compile: bool = False
+    device: str = "auto"
 
     def validate(self, available: int | None = None) -> None:
         require(self.features or self.widths, "both --features and --widths are empty: nothing to run")
@@ -98,6 +99,7 @@ class DoubleDescentConfig:
         require(self.lr > 0 and self.test_size >= 0, "lr > 0, test_size >= 0")
         common.check_pc(self.pc_steps, self.pc_step_size)
         common.check_positive(self.relative_ridges, "relative-ridges")
+        common.check_device(self.device)
 
 
 FULL = DoubleDescentConfig()
@@ -146,6 +148,7 @@ class WidthRun:
     dataset: str
     data_dir: str | None
     compile: bool = execution_only(False)
+    device: str = execution_only("auto")
 
     @property
     def label(self) -> str:
@@ -160,7 +163,8 @@ def runs(config: DoubleDescentConfig) -> list[FeaturesRun | WidthRun]:
         for p in config.features for s in config.seeds]
     out += [WidthRun(width=w, weight_decay=wd, algorithm=a, seed=s, steps=config.steps, lr=config.lr,
                      eval_every=config.eval_every, pc_steps=config.pc_steps,
-                     pc_step_size=config.pc_step_size, compile=config.compile, **data)
+                     pc_step_size=config.pc_step_size, compile=config.compile, device=config.device,
+                     **data)
             for a in config.algorithms for wd in config.weight_decays for w in config.widths
             for s in config.seeds] if config.widths else []
     return out
@@ -227,9 +231,11 @@ def run_features(run: FeaturesRun) -> dict:
 
 
 def run_width(run: WidthRun) -> dict:
-    x, y, xt, yt, classes = _data(run)
+    device = common.device(run.device)
+    *tensors, classes = _data(run)
+    x, y, xt, yt = (t.to(device) for t in tensors)
     torch.manual_seed(run.seed)
-    model = nn.Sequential(nn.Linear(x.shape[1], run.width), nn.ReLU(), nn.Linear(run.width, classes))
+    model = nn.Sequential(nn.Linear(x.shape[1], run.width), nn.ReLU(), nn.Linear(run.width, classes)).to(device)
 
     def evaluate(step: int) -> dict:
         return {"train_err": 1 - accuracy(model, x, y), "test_err": 1 - accuracy(model, xt, yt),
@@ -245,7 +251,7 @@ def run_width(run: WidthRun) -> dict:
             "threshold_width": threshold_width(len(y), x.shape[1], classes),
             **{k: last[k] for k in ("train_err", "test_err", "train_loss", "test_loss")},
             "evals": history.evals, "diverged": history.diverged, "reason": history.reason,
-            "energy_rises": history.energy_rises}
+            "energy_rises": history.energy_rises, "device": common.device_name(device)}
 
 
 def run(config: DoubleDescentConfig, out: Path, *, workers: int = 2, ray: bool = False,
@@ -479,6 +485,7 @@ def command(
     pc_step_size: common.PcStepSize = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/double-descent"),
     compile: common.Compile = False,
+    device: common.Device = "auto",
     data_dir: common.DataDir = None,
     workers: common.Workers = 2,
     ray: common.Ray = False,
@@ -494,7 +501,7 @@ def command(
 def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str = "", widths: str = "",
                 weight_decays: str = "", train_size: int = 0, label_noise: float = -1.0, steps: int = 0,
                 pc_steps: int = 0, pc_step_size: float = 0.0, data_dir: Path | str | None = None, seed: int = 0,
-                num_seeds: int = 0, compile: bool = False) -> DoubleDescentConfig:
+                num_seeds: int = 0, compile: bool = False, device: str = "auto") -> DoubleDescentConfig:
     preset = QUICK if quick else FULL
     data, available = common.image_data(data_dir)
 
@@ -504,7 +511,7 @@ def make_config(*, quick: bool = False, algorithms: str = "bp,pc", features: str
         return () if text.strip().lower() == "none" else common.parse_list(text, int, option)
 
     config = common.configure(
-        preset, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile, **data,
+        preset, algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile, device=device, **data,
         features=grid(features, "features"), widths=grid(widths, "widths"),
         weight_decays=common.parse_list(weight_decays, float, "weight-decays") if weight_decays else None,
         train_size=train_size or None, label_noise=None if label_noise == -1.0 else label_noise,

@@ -116,6 +116,7 @@ class SampleEfficiencyConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     compile: bool = False
+    device: str = "auto"
 
     def validate(self, available: int | None = None) -> None:
         """Raise :class:`ConfigError` naming the first bad field (``available``: training images)."""
@@ -151,6 +152,7 @@ class SampleEfficiencyConfig:
         common.check_pc(self.pc_steps, self.pc_step_size)
         require(self.loss in ("mse", "ce"), f"loss must be 'mse' or 'ce'; got {self.loss!r}")
         require(self.metric in METRICS, f"metric must be one of {METRICS}; got {self.metric!r}")
+        common.check_device(self.device)
         if self.anchor:
             require(self.dataset == "fashion-mnist", "the Song et al. anchor is measured on Fashion-MNIST; "
                     f"this run would use {self.dataset}. Pass --data-dir <folder with the Fashion-MNIST IDX files>")
@@ -179,6 +181,7 @@ class _Data:
     dataset: str
     data_dir: str | None
     compile: bool = execution_only(False)
+    device: str = execution_only("auto")
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,7 @@ class StudentRun(StandardRun):
 
 def _data(config: SampleEfficiencyConfig, n: int, seed: int) -> dict:
     return {"size": n, "seed": seed, "test_size": config.test_size, "dataset": config.dataset,
-            "data_dir": config.data_dir, "compile": config.compile}
+            "data_dir": config.data_dir, "compile": config.compile, "device": config.device}
 
 
 def standard_steps(config: SampleEfficiencyConfig, examples: int) -> int:
@@ -276,7 +279,8 @@ def student_runs(config: SampleEfficiencyConfig, teachers: list[dict], out: Path
         t = record["config"]
         students.append(StudentRun(
             size=t["size"], seed=t["seed"], test_size=t["test_size"], dataset=t["dataset"],
-            data_dir=t["data_dir"], compile=config.compile, algorithm=t["algorithm"], width=config.width,
+            data_dir=t["data_dir"], compile=config.compile, device=config.device, algorithm=t["algorithm"],
+            width=config.width,
             depth=config.depth, activation=config.activation, lr=config.lr, batch_size=config.batch_size,
             steps=standard_steps(config, t["size"] + config.unlabelled), eval_points=config.eval_points,
             pc_steps=config.pc_steps, pc_step_size=config.pc_step_size, loss="mse", teacher_id=record["id"],
@@ -289,11 +293,14 @@ def student_runs(config: SampleEfficiencyConfig, teachers: list[dict], out: Path
 
 
 def _split(run: _Data) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...], int]:
+    """The run's training and test tensors, on the device it trains on."""
     data = load_data(run.dataset, run.data_dir, run.size, 0.0, run.seed)
     xt, yt = data.x_test, data.y_test
     if run.test_size:
         xt, yt = xt[:run.test_size], yt[:run.test_size]
-    return data.x_train, data.y_train, xt, yt, data.input_shape, data.num_classes
+    device = common.device(run.device)
+    x, y, xt, yt = (t.to(device) for t in (data.x_train, data.y_train, xt, yt))
+    return x, y, xt, yt, data.input_shape, data.num_classes
 
 
 def unlabelled_inputs(run: _Data, count: int) -> Tensor:
@@ -336,18 +343,19 @@ def _fit(model: nn.Module, recipe: Recipe, x: Tensor, targets: Tensor, xt: Tenso
 def run_standard(run: StandardRun) -> dict:
     x, y, xt, yt, shape, classes = _split(run)
     torch.manual_seed(run.seed)
-    model = _mlp(shape, classes, run.width, run.depth, run.activation)
+    model = _mlp(shape, classes, run.width, run.depth, run.activation).to(x.device)
     recipe = Recipe(algorithm=run.algorithm, loss=run.loss, optimizer="adamw", lr=run.lr,
                     weight_decay=0.0, steps=run.steps, batch_size=run.batch_size,
                     pc_steps=run.pc_steps, pc_step_size=run.pc_step_size, compile=run.compile)
     result = _fit(model, recipe, x, y, xt, yt, run.eval_points, run.seed)
-    return {"recipe": "standard", **result, "train_acc": accuracy(model, x, y)}
+    return {"recipe": "standard", **result, "train_acc": accuracy(model, x, y),
+            "device": common.device_name(x.device)}
 
 
 def run_catapult(run: CatapultRun) -> dict:
     x, y, xt, yt, shape, classes = _split(run)
     torch.manual_seed(run.seed)
-    model = _mlp(shape, classes, run.width, run.depth, run.activation)
+    model = _mlp(shape, classes, run.width, run.depth, run.activation).to(x.device)
     lam0 = top_eigenvalue(model, loss_fn("mse"), x, y, seed=run.seed).value
     lr = run.c * 2 / lam0
     batch = 0 if run.batch_size == 0 or len(y) <= run.batch_size else run.batch_size
@@ -356,11 +364,11 @@ def run_catapult(run: CatapultRun) -> dict:
                     pc_steps=run.pc_steps, pc_step_size=run.pc_step_size, compile=run.compile)
     result = _fit(model, recipe, x, y, xt, yt, run.eval_points, run.seed)
     out = {"recipe": "catapult", "lambda0": lam0, "lr": lr, **result,
-           "train_acc": accuracy(model, x, y)}
+           "train_acc": accuracy(model, x, y), "device": common.device_name(x.device)}
     if not result["diverged"]:
-        inputs = torch.cat([x, unlabelled_inputs(run, run.unlabelled)]) if run.unlabelled else x
-        with torch.no_grad():
-            out["artifacts"] = {"outputs": model(inputs)}
+        inputs = torch.cat([x, unlabelled_inputs(run, run.unlabelled).to(x.device)]) if run.unlabelled else x
+        with torch.no_grad():  # on the CPU: the file is read wherever the student runs
+            out["artifacts"] = {"outputs": model(inputs).cpu()}
     return out
 
 
@@ -369,20 +377,20 @@ def run_student(run: StudentRun) -> dict:
     if not run.teacher_file:
         return {"recipe": "student", "test_acc": math.nan, "best_test_acc": math.nan, "diverged": True,
                 "reason": "the teacher diverged: nothing to distil", "evals": []}
-    soft = torch.load(run.teacher_file)
-    inputs = torch.cat([x, unlabelled_inputs(run, run.unlabelled)]) if run.unlabelled else x
+    soft = torch.load(run.teacher_file).to(x.device)
+    inputs = torch.cat([x, unlabelled_inputs(run, run.unlabelled).to(x.device)]) if run.unlabelled else x
     if soft.shape != (len(inputs), classes):
         raise ValueError(f"teacher outputs {run.teacher_file} have shape {tuple(soft.shape)}, expected "
                          f"{(len(inputs), classes)}: the teacher was run with other data; delete it and rerun")
     torch.manual_seed(run.seed)
-    model = _mlp(shape, classes, run.width, run.depth, run.activation)
+    model = _mlp(shape, classes, run.width, run.depth, run.activation).to(x.device)
     recipe = Recipe(algorithm=run.algorithm, loss=run.loss, optimizer="adamw", lr=run.lr, steps=run.steps,
                     batch_size=run.batch_size, pc_steps=run.pc_steps, pc_step_size=run.pc_step_size,
                     compile=run.compile)
     result = _fit(model, recipe, inputs, soft, xt, yt, run.eval_points, run.seed)
     teacher_agreement = float((model(x).argmax(1) == soft[:len(x)].argmax(1)).double().mean())
     return {"recipe": "student", **result, "train_acc": accuracy(model, x, y),
-            "teacher_agreement": teacher_agreement}
+            "teacher_agreement": teacher_agreement, "device": common.device_name(x.device)}
 
 
 def run_one(run: StandardRun | CatapultRun | StudentRun) -> dict:
@@ -641,6 +649,7 @@ def command(
     pc_step_size: common.PcStepSize = 0.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/sample-efficiency"),
     compile: common.Compile = False,
+    device: common.Device = "auto",
     data_dir: common.DataDir = None,
     workers: common.Workers = 2,
     ray: common.Ray = False,
@@ -658,7 +667,7 @@ def make_config(*, quick: bool = False, preset: str = "", algorithms: str = "bp,
                 unlabelled: int = -1, width_multiplier: int = 0,
                 catapult_c: float = 0.0, catapult_weight_decay: float = -1.0, catapult_steps: int = 0,
                 pc_steps: int = 0, pc_step_size: float = 0.0, data_dir: Path | str | None = None, seed: int = 0,
-                num_seeds: int = 0, compile: bool = False) -> SampleEfficiencyConfig:
+                num_seeds: int = 0, compile: bool = False, device: str = "auto") -> SampleEfficiencyConfig:
     """The preset (``preset``, or ``quick``) with the command line's overrides, checked
     (raises :class:`ConfigError`)."""
     name = preset or ("quick" if quick else "full")
@@ -666,7 +675,8 @@ def make_config(*, quick: bool = False, preset: str = "", algorithms: str = "bp,
     require(not (quick and name != "quick"), f"--quick and --preset {preset} disagree; give one of them")
     data, available = common.image_data(data_dir)
     config = common.configure(
-        PRESETS[name], algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile, **data,
+        PRESETS[name], algorithms=algorithms, seed=seed, num_seeds=num_seeds, compile=compile, device=device,
+        **data,
         sizes=common.parse_list(sizes, int, "sizes") if sizes else None,
         recipes=common.parse_list(recipes, str, "recipes") if recipes else None, epochs=epochs or None,
         min_steps=None if min_steps == -1 else min_steps, max_steps=None if max_steps == -1 else max_steps,

@@ -64,7 +64,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -741,11 +741,24 @@ def _render_pcx(report: dict[str, Any], source: str) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
+def _only_variants(suite: Suite, wanted: list[str], parser: argparse.ArgumentParser) -> Suite:
+    """``suite`` with only the ``wanted`` model variants; its note says so."""
+    unknown = [v for v in wanted if v not in suite.variants]
+    if unknown:
+        parser.error(f"--variants: {unknown[0]!r} is not a variant of the suite; valid: {', '.join(suite.variants)}")
+    return replace(suite, variants={v: suite.variants[v] for v in suite.variants if v in wanted},
+                   note=f"{suite.note}; only {', '.join(v for v in suite.variants if v in wanted)} here (--variants)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suites", default="digits-mlp",
                         help=f"comma-separated, or 'all' ({', '.join(SUITES)})")
     parser.add_argument("--algorithms", default=None, help="comma-separated subset of the suite's algorithms")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset of one suite's model variants (e.g. 'residual mlp depth 8'); "
+                             "the entry then describes that subset (use its own --json: merged into a file "
+                             "holding the whole suite, it would replace it)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--epochs", type=int, default=None, help="override the table's epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1)")
@@ -802,9 +815,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compile:
         extra["compile"] = True
 
+    suites = {name: SUITES[name] for name in names}
+    if args.variants:
+        if len(names) != 1:
+            parser.error(f"--variants picks variants of one suite; --suites names {len(names)}")
+        suites[names[0]] = _only_variants(suites[names[0]], args.variants.split(","), parser)
     chosen = {}  # checked for every suite before any runs
     for name in names:
-        suite = SUITES[name]
+        suite = suites[name]
         chosen[name] = (tuple(args.algorithms.split(",")) if args.algorithms
                         else SMOKE["algorithms"] if args.smoke else suite.algorithms)
         if not set(chosen[name]) <= set(suite.algorithms):
@@ -814,7 +832,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"suites": {}, "skipped": {}}
     with _runner(args.jobs) as run_many:
         for name in names:
-            suite = SUITES[name]
+            suite = suites[name]
             missing = _missing(suite, args.data_root)
             if missing:
                 print(f"skipping {name}: {missing} (pass --data-root)", flush=True)

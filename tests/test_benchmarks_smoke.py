@@ -165,6 +165,18 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     assert "**incomplete**: 2 of 4 runs finished" in out.read_text()
 
 
+def test_variants_run_a_named_subset_of_a_suite_and_say_so(accuracy, capsys):
+    entry = accuracy.main(["--smoke", "--variants", "mlp 64-128-128-10"])["suites"]["digits-mlp"]
+    assert list(entry["table_entry"]["variants"]) == ["mlp 64-128-128-10"]
+    assert entry["note"].endswith("; only mlp 64-128-128-10 here (--variants)")
+    with pytest.raises(SystemExit):
+        accuracy.main(["--smoke", "--variants", "mlp 1-2-3"])
+    assert "'mlp 1-2-3' is not a variant of the suite; valid: mlp 64-128-128-10" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--suites", "digits-mlp,mnist-mlp", "--variants", "mlp 64-128-128-10"])
+    assert "--variants picks variants of one suite" in capsys.readouterr().err
+
+
 def test_tune_picks_each_algorithms_settings_from_its_grid_on_validation(accuracy):
     report = accuracy.main(["--smoke", "--tune"])
     entry = report["suites"]["digits-mlp"]

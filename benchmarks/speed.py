@@ -210,7 +210,7 @@ def _incremental_passes(model: nn.Module, x: torch.Tensor) -> Callable[[], None]
     def passes():
         neg_errors = _errors(mus, values)
         inference.energy_descent(values, neg_errors, mus, 0.1, 1.0)
-        inference.norms(neg_errors)
+        torch.stack(inference.norms(neg_errors))
     return passes
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
@@ -54,21 +54,42 @@ class Problem:
 class Outcome:
     """What an algorithm leaves behind; the engine checks it and writes the gradients.
 
-    ``trace[t]`` holds the batch-mean energy of every value node (output's loss last)
-    at evaluation ``t``, the initial state first. ``grads`` is ``None`` when the
-    algorithm already applied its gradients (incremental PC).
+    ``packed`` holds, on the device, all the engine reads on the host (one transfer,
+    :meth:`read`): the batch energies of every evaluation, the initial state first,
+    the feed-forward loss and the gradients' norms (whose finiteness is the
+    divergence check). ``grads`` is ``None`` when the algorithm already applied its
+    gradients (incremental PC).
     """
 
     output: Tensor
-    loss_sum: Tensor
     errors: list[Tensor]
-    trace: Tensor
     grads: learning.GradList | None
-    checksum: Tensor = field(init=False)
+    packed: Tensor
+    evaluations: int
 
-    def __post_init__(self) -> None:
-        # Computed where the outcome is made, so that a compiled step fuses it.
-        self.checksum = checksum(self.trace, self.grads or [])
+    @classmethod
+    def of(cls, output: Tensor, loss_sum: Tensor, errors: list[Tensor], trace: inference.EnergyTrace,
+           grads: learning.GradList | None) -> "Outcome":
+        # Packed where the outcome is made, so that a compiled step fuses it.
+        packed = trace.packed(loss_sum.detach(), *inference.norms(grads or []))
+        return cls(output, errors, grads, packed, trace.evaluations)
+
+    def read(self, batch_size: int) -> Readout:
+        host = self.packed.tolist()
+        # A sum is finite exactly when its terms are: NaN and inf survive it, and
+        # float32 norms cannot add up past float64's range.
+        rows, (loss_sum, *_) = inference.unpack(host, self.evaluations, len(self.errors), batch_size)
+        return Readout(rows, loss_sum, math.isfinite(sum(host)))
+
+
+@dataclass(frozen=True)
+class Readout:
+    """An :class:`Outcome`'s scalars on the host: ``trace[t]`` holds the batch-mean
+    energy of every value node (the output's loss last) at evaluation ``t``."""
+
+    trace: list[list[float]]
+    loss_sum: float
+    finite: bool
 
 
 class Algorithm(Protocol):
@@ -87,43 +108,26 @@ class Algorithm(Protocol):
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None) -> Outcome: ...
 
 
-def checksum(trace: Tensor, grads: learning.GradList) -> Tensor:
-    """One scalar that is finite when the energies and gradients are: NaN and inf survive
-    a sum, and energies are finite exactly when errors and the loss are. (Gradients
-    whose sum passes float's range, ~1e38, count as diverged too.) Plain sums: the
-    max-abs norm would not overflow, but its foreach kernel is ten times slower here.
-    The per-gradient sums are stacked and summed once rather than added one by one:
-    fewer small ops, which is what an eager step on a small model pays for."""
-    total = trace.sum()
-    return total + torch.stack([g.sum() for g in grads]).sum() if grads else total
-
-
 def finite(scalar: Tensor) -> bool:
     """Whether a one-element tensor is finite; read on the host, since the answer is
     needed there anyway (``torch.isfinite`` would add four small ops per check)."""
     return math.isfinite(scalar.item())
 
 
-def raise_if_diverged(graph: CapturedGraph, trace: Tensor, checksum: Tensor) -> None:
-    """Raise :class:`DivergenceError` naming the first node and step that went non-finite.
-
-    ``checksum`` is a scalar finite exactly when the energies and gradients are
-    (:func:`checksum`, or a sum of norms per tick of incremental PC): one host sync
-    for the whole check.
-    """
-    if finite(checksum):
-        return
+def raise_divergence(graph: CapturedGraph, trace: list[list[float]]) -> None:
+    """Raise :class:`DivergenceError` for a step found non-finite: naming the first
+    node and step whose energy went non-finite, else the weight gradients."""
     names = [*graph.names, OUTPUT]
-    bad = (~torch.isfinite(trace)).nonzero()
-    if len(bad):
-        step, node = (int(i) for i in bad[0])
-        raise DivergenceError(
-            f"non-finite energy at node {names[node]!r} ({graph.origin.get(names[node], 'loss')}) "
-            f"at inference step {step}; no gradient was written. Fix: lower step_size or the "
-            "learning rate, or check the model for overflow.", node=names[node], step=step)
+    for step, row in enumerate(trace):
+        for node, energy in zip(names, row):
+            if not math.isfinite(energy):
+                raise DivergenceError(
+                    f"non-finite energy at node {node!r} ({graph.origin.get(node, 'loss')}) "
+                    f"at inference step {step}; no gradient was written. Fix: lower step_size or the "
+                    "learning rate, or check the model for overflow.", node=node, step=step)
     step = len(trace) - 1
-    raise DivergenceError(f"a weight gradient went non-finite (or past float's range) at inference step "
-                          f"{step}; no gradient was written. Fix: lower the learning rate or step_size.",
+    raise DivergenceError(f"a weight gradient went non-finite (or its norm past float's range) at inference "
+                          f"step {step}; no gradient was written. Fix: lower the learning rate or step_size.",
                           node="parameters", step=step)
 
 
@@ -163,7 +167,7 @@ class Exact:
         trace = inference.EnergyTrace()
         trace.record_at_rest(len(errors), loss_sum)
         trace.record(errors, loss_sum)
-        return Outcome(out.detach(), loss_sum.detach(), errors, trace.tensor(B), weight_grads)
+        return Outcome.of(out.detach(), loss_sum, errors, trace, weight_grads)
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,7 @@ class FPA:
             trace.record(errors, loss_sum)
         grads = learning.weight_gradients([*(mus[j] for j in active), out],
                                           [*(errors[j] for j in active), e_out], problem.params, B)
-        return Outcome(out.detach(), loss_sum, errors, trace.tensor(B), grads)
+        return Outcome.of(out.detach(), loss_sum, errors, trace, grads)
 
     def _step(self, sweep: inference.Sweep, out: Tensor, mus: list[Tensor], values: list[Tensor],
               e_out: Tensor, errors: list[Tensor]) -> None:
@@ -284,7 +288,7 @@ class PC:
                                               problem.params, B, loss_sum=loss_sum)
         finally:
             replay.close()
-        return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), grads)
+        return Outcome.of(feedforward, feedforward_loss, errors, trace, grads)
 
     def _step(self, sweep: inference.Sweep, problem: Problem, out: Tensor, mus: list[Tensor],
               values: list[Tensor], trace: inference.EnergyTrace) -> Tensor:
@@ -358,18 +362,19 @@ class Incremental:
                     feedforward_loss = loss_sum
                 else:
                     values, neg_errors, loss_sum, grads, norms = following(problem, _leaves(values), replay, move)
-                trace.record_norms(norms[:len(values)], loss_sum)  # norms: the sign does not matter
+                trace.record_norms(norms[:len(values)].unbind(), loss_sum)  # norms: the sign does not matter
                 # Finite exactly when this tick's energies and gradients are (a gradient
                 # whose norm passes float's range counts as diverged); earlier ticks passed.
                 tick = norms.sum() + loss_sum
                 if not finite(tick):
-                    raise_if_diverged(g, trace.tensor(B), tick)
+                    raise_divergence(g, inference.unpack(trace.packed().tolist(), trace.evaluations,
+                                                         len(values), B)[0])
                 learning.assign(problem.params, grads)
                 optimizer.step()
         finally:
             replay.close()
         errors = [torch.zeros_like(v) for v in values] if neg_errors is None else learning.scaled(neg_errors, -1.0)
-        return Outcome(feedforward, feedforward_loss, errors, trace.tensor(B), None)
+        return Outcome.of(feedforward, feedforward_loss, errors, trace, None)
 
     def _first(self, problem: Problem, replay: Replay, move: bool) -> tuple[Any, ...]:
         """The forward pass, then the first tick at its values.
@@ -438,9 +443,9 @@ class Incremental:
         for i, v in zip(receivers, stepped):
             moved[i] = v
         if neg_errors is None:
-            norms = torch.cat([loss_sum.new_zeros(len(values)), inference.norms(grads)])
+            norms = torch.cat([loss_sum.new_zeros(len(values)), torch.stack(inference.norms(grads))])
         else:
-            norms = inference.norms([*neg_errors, *grads])
+            norms = torch.stack(inference.norms([*neg_errors, *grads]))
         return moved, neg_errors, loss_sum, grads, norms
 
 

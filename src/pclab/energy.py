@@ -58,7 +58,7 @@ def _prepare_mse(output: Tensor, target: Tensor) -> Tensor:
             )
         num_classes = output.shape[-1]
         if target.numel():
-            low, high = (int(v) for v in torch.aminmax(target))
+            low, high = torch.stack(torch.aminmax(target)).tolist()  # one host read
             if low < 0 or high >= num_classes:
                 raise ValueError(f"class indices must lie in [0, {num_classes}); got range [{low}, {high}]")
         # scatter_ rather than F.one_hot, which checks the range a second time (once per step).

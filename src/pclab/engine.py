@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import learning
-from .algorithms import ALGORITHMS, FPA, PC, Algorithm, Exact, Incremental, Problem, raise_if_diverged
+from .algorithms import ALGORITHMS, FPA, PC, Algorithm, Exact, Incremental, Problem, raise_divergence
 from .energy import OutputLoss, get_loss
 from .errors import DivergenceError
 from .graph import OUTPUT, CapturedGraph, ValueNodePolicy, capture
@@ -142,10 +142,6 @@ class PredictiveCoding:
                 (no gradient is written).
         """
         inputs = _as_tuple(x)
-        for i, t in enumerate(inputs):
-            if isinstance(t, Tensor) and t.is_floating_point() and not _all_finite(t):
-                raise DivergenceError(f"input {i} contains NaN or inf; no inference was run",
-                                      node="input", step=None)
         graph = self.capture(inputs)
         params = [p for p in graph.parameters if p.requires_grad]
         if not params:
@@ -154,26 +150,25 @@ class PredictiveCoding:
         batch = _batch_size(inputs)
         like = torch.empty((batch, *graph.output_shape), dtype=graph.output_dtype, device="meta")
         target = self.loss.prepare(like, y)
-        if y.is_floating_point() and not _all_finite(target):  # targets built from class indices are finite
-            raise DivergenceError("target contains NaN or inf; no inference was run",
-                                  node="target", step=None)
+        _check_finite(inputs, target if y.is_floating_point() else None)  # targets from class indices are finite
         problem = Problem(graph, self.model, inputs, target, self.loss, params)
         with torch.enable_grad():
             outcome = self._run(problem, optimizer)
+        readout = outcome.read(batch)
         if outcome.grads is not None:
-            raise_if_diverged(graph, outcome.trace, outcome.checksum)
+            if not readout.finite:
+                raise_divergence(graph, readout.trace)
             learning.accumulate(params, outcome.grads)
-        rows = outcome.trace.tolist()  # one transfer for the whole trace
-        trace = [sum(row) for row in rows]
+        trace = [sum(row) for row in readout.trace]
         rose = getattr(self.algorithm, "descends_energy", False) and _energy_rose(trace[0], trace[-1])
         if rose and not self._warned:
             _warn_energy_rose(trace[0], trace[-1], self.algorithm)
             self._warned = True
         return StepResult(
-            loss=float(outcome.loss_sum) / batch,
+            loss=readout.loss_sum / batch,
             energy=trace[-1],
             output=outcome.output,
-            energies=dict(zip([*graph.names, OUTPUT], rows[-1])),
+            energies=dict(zip([*graph.names, OUTPUT], readout.trace[-1])),
             energy_trace=trace,
             errors={n: e.detach() for n, e in zip(graph.names, outcome.errors)},
             energy_rose=rose,
@@ -286,13 +281,23 @@ def _random_origin(graph: CapturedGraph) -> str:
     return ", ".join([*active, *graph.random_functions]) or "the model"
 
 
-def _all_finite(t: Tensor) -> bool:
-    # min and max propagate NaN and show inf: one fused pass, cheaper than isfinite().all(),
-    # and read on the host, where the answer is needed.
-    if t.numel() == 0:
-        return True
-    low, high = torch.aminmax(t.detach())
-    return math.isfinite(low.item()) and math.isfinite(high.item())
+def _check_finite(inputs: tuple[Any, ...], target: Tensor | None) -> None:
+    """Refuse a batch with NaN or inf before inference runs: a forward in training mode
+    would write them into batch-norm statistics. One host read for all of it."""
+    checked = [(f"input {i}", "input", t) for i, t in enumerate(inputs)
+               if isinstance(t, Tensor) and t.is_floating_point() and t.numel()]
+    if target is not None and target.numel():
+        checked.append(("target", "target", target))
+    if not checked:
+        return
+    # A sum is finite when every term is (one that overflows is then checked term by
+    # term): a single pass over the data, cheaper than isfinite's mask. Half-precision
+    # data is summed in float32, whose range its sums do not pass.
+    sums = torch.stack([t.detach().sum(dtype=torch.promote_types(t.dtype, torch.float32))
+                        for _, _, t in checked]).tolist()
+    for (what, node, t), total in zip(checked, sums):
+        if not math.isfinite(total) and not bool(torch.isfinite(t).all()):
+            raise DivergenceError(f"{what} contains NaN or inf; no inference was run", node=node, step=None)
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:

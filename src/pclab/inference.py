@@ -164,40 +164,60 @@ def frontier_schedule(graph: CapturedGraph, steps: int, *,
 
 
 class EnergyTrace:
-    """Per-node energies at each evaluation, kept on the device until the end.
+    """Per-node error norms and the summed loss at each evaluation, kept on the device.
 
-    Recording costs one fused norm per evaluation; the squares, batch means and
-    the host transfer happen once, in :meth:`tensor`.
+    Recording costs one fused norm per evaluation. Everything a step reports to the
+    host, these and what :meth:`packed` is given, is stacked once and crosses in one
+    transfer (a host read waits for the device: on a GPU each one stalls the step);
+    the squares and batch means are taken there, on a few numbers, by :func:`unpack`.
     """
 
     def __init__(self) -> None:
-        self._norms: list[Tensor] = []
+        self._norms: list[Tensor] = []  # one-element tensors, evaluation after evaluation
         self._losses: list[Tensor] = []
+        self.evaluations = 0
 
     def record(self, errors: Sequence[Tensor], loss_sum: Tensor) -> None:
-        self.record_norms(norms(errors) if errors else loss_sum.new_zeros(0), loss_sum)
+        self.record_norms(norms(errors), loss_sum)
 
-    def record_norms(self, error_norms: Tensor, loss_sum: Tensor) -> None:
+    def record_norms(self, error_norms: Sequence[Tensor], loss_sum: Tensor) -> None:
         """Record an evaluation from its errors' :func:`norms`, taken where they were
         computed (inside a compiled tick, fused with the errors)."""
-        self._norms.append(error_norms)
+        self._norms.extend(error_norms)
         self._losses.append(loss_sum.detach())
+        self.evaluations += 1
 
     def record_at_rest(self, nodes: int, loss_sum: Tensor) -> None:
         """Record an evaluation where every value sits at its prediction (all errors zero)."""
-        self.record_norms(loss_sum.new_zeros(nodes), loss_sum)
+        self.record_norms([loss_sum.new_zeros(())] * nodes, loss_sum)
 
-    def tensor(self, batch_size: int) -> Tensor:
-        """Shape ``(evaluations, nodes + 1)``: ``0.5 |e_i|^2`` per node, then the loss; batch means."""
-        stacked = torch.stack(self._norms)
-        losses = torch.stack(self._losses).to(stacked.dtype)
-        return torch.cat([0.5 * stacked.pow(2), losses[:, None]], dim=1) / batch_size
+    def packed(self, *tails: Tensor) -> Tensor:
+        """One flat tensor: every evaluation's error norms, then each evaluation's
+        summed loss, then the one-element ``tails`` (outside autograd's graph);
+        :func:`unpack` reads it on the host."""
+        # stack promotes: a low-precision model's norms do not round the losses.
+        return torch.stack([*self._norms, *self._losses, *tails])
 
 
-def norms(tensors: Sequence[Tensor]) -> Tensor:
-    """The 2-norm of each tensor, stacked: one fused pass (one reduction each under compile)."""
+def unpack(host: Sequence[float], evaluations: int, nodes: int,
+           batch_size: int) -> tuple[list[list[float]], list[float]]:
+    """:meth:`EnergyTrace.packed` of ``evaluations`` evaluations of ``nodes`` nodes, read
+    to the host, as the energy trace and the tails' numbers.
+
+    The trace has one row per evaluation: ``0.5 |e_i|^2`` per node, then the loss,
+    all batch means (non-finite where the norms were).
+    """
+    host = list(host)
+    norms, losses = host[:evaluations * nodes], host[evaluations * nodes:evaluations * (nodes + 1)]
+    rows = [[0.5 * n * n / batch_size for n in norms[k * nodes:(k + 1) * nodes]] + [losses[k] / batch_size]
+            for k in range(evaluations)]
+    return rows, host[evaluations * (nodes + 1):]
+
+
+def norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The 2-norm of each tensor, one fused pass (one reduction each under compile)."""
     if torch.compiler.is_compiling():
         # Inductor has no fused lowering of _foreach_norm (it would run one kernel
         # per tensor, outside the fused code); plain reductions fuse.
-        return torch.stack([torch.linalg.vector_norm(t) for t in tensors])
-    return torch.stack(torch._foreach_norm(list(tensors)))
+        return [torch.linalg.vector_norm(t) for t in tensors]
+    return list(torch._foreach_norm(list(tensors))) if tensors else []

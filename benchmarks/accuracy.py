@@ -692,6 +692,7 @@ def _searched(tuning: dict[str, Any]) -> str:
 def _render_speed(report: dict[str, Any], source: str) -> list[str]:
     models = sorted({r["model"] for r in report["rows"]})
     timed = any("ms_per_step" in r for r in report["rows"])
+    counted = any("ops_vs_bp" in r for r in report["rows"])  # speed.py counts them since 2026-12-05
     subset = [", ".join(models), "re-measured" if timed else "peak memory re-measured, no timings"]
     if report["machine"].get("heap") == "glibc defaults":  # speed.py --default-malloc
         subset.append("glibc's default heap")
@@ -707,19 +708,24 @@ def _render_speed(report: dict[str, Any], source: str) -> list[str]:
              *(["- timings synchronize the GPU; peak memory is CUDA's allocator peak during a step beyond "
                 "what was allocated before it"] if gpu else []), "",
              "| model | algorithm | T | compiled | ms/step | × bp | × budget | budget | peak memory × bp "
-             "| × eager bp |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+             "| × eager bp |" + (" ops × bp | host reads |" if counted else ""),
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |" + (" ---: | ---: |" if counted else "")]
     for r in report["rows"]:
         def num(key):
             v = r.get(key)
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
         lines.append(f"| {r['model']} | {r['algorithm']} | {r['T'] or ''} | {'yes' if r.get('compiled') else ''} "
                      f"| {num('ms_per_step')} | {num('vs_bp')} | {num('vs_budget')} | {r.get('budget', '')} "
-                     f"| {num('peak_memory_vs_bp')} | {num('vs_eager_bp')} |")
+                     f"| {num('peak_memory_vs_bp')} | {num('vs_eager_bp')} |"
+                     + (f" {num('ops_vs_bp')} | {r.get('host_reads', '-')} |" if counted else ""))
     lines += ["", "× bp and × budget compare with backprop and the budgets measured in the same mode "
               "(compiled rows against compiled backprop); × eager bp compares a compiled row with plain "
               "eager backprop. Budgets: `fwd + T bwd` for fpa, `T (fwd+bwd)` (+ one optimizer step) "
-              "for pc, `T bp` for incremental (it steps the optimizer at each of its T ticks).", ""]
+              "for pc, `T bp` for incremental (it steps the optimizer at each of its T ticks)."
+              + (" ops × bp counts the aten ops a step dispatches (forward, backward, optimizer step, "
+                 "bookkeeping) against backprop's; host reads count the values a step copies to Python "
+                 "(each waits for a GPU to finish its queue), the optimizer's CPU step counters left out."
+                 if counted else ""), ""]
     return lines
 
 

@@ -37,6 +37,13 @@ in the same process, under the same setting.
 ``--memory-only`` skips the timings: the heap peaks are counted, not timed, so they
 come out the same on a busy machine, where timings would not.
 
+Every eager row also counts what its step launches: the aten ops it dispatches
+(forward, backward, optimizer and bookkeeping, against backprop's as ``ops x bp``)
+and its host reads (``item``, ``tolist``, ``float()``... each a wait for a GPU to
+drain its queue). Counted, not timed, they are the same on any machine, and on a
+small model they are what a GPU's step time follows (launch cost, not arithmetic).
+Batch 1 on the CPU is the same regime: ``--batch 1``.
+
 ``--device cuda`` runs every step on the GPU: timings synchronize the device around
 each timed loop, and peak memory is CUDA's allocator peak
 (``torch.cuda.max_memory_allocated``) during a step beyond what was allocated before
@@ -48,6 +55,7 @@ it, so compiled rows get it too. The heap settings do not apply there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
@@ -57,7 +65,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +147,55 @@ def _peak_bytes(step: Callable[[], None], model: nn.Module, device: torch.device
     with _PeakHeap() as mode:
         step()
     return float(mode.peak - mode.base)
+
+
+class _OpCount(TorchDispatchMode):
+    """Counts the aten ops a step dispatches, backward and optimizer step included. On
+    a GPU each is a kernel launch or a view, and on a small model their fixed cost,
+    not their arithmetic, sets the step time."""
+
+    def __enter__(self):
+        self.ops = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+
+@contextlib.contextmanager
+def _host_reads() -> Iterator[list[str]]:
+    """Counts the calls that copy a tensor's value to Python: on a GPU each one waits
+    for every kernel queued before it, so the host stops queueing ahead. Left out:
+    the optimizer's reads of its step counters, which torch keeps on the CPU even
+    for a model on a GPU, so they wait for nothing."""
+    reads: list[str] = []
+    originals = {name: getattr(torch.Tensor, name) for name in _READS}
+
+    def counting(name, method):
+        def read(tensor, *args, **kwargs):
+            if not sys._getframe(1).f_globals.get("__name__", "").startswith("torch.optim"):
+                reads.append(name)
+            return method(tensor, *args, **kwargs)
+        return read
+    try:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, counting(name, method))
+        yield reads
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _launches(step: Callable[[], None]) -> tuple[int, int]:
+    """Aten ops and host reads of one step, after a step that captures and warms up."""
+    step()
+    with _host_reads() as reads, _OpCount() as count:
+        step()
+    return count.ops, len(reads)
 
 
 def _training_step(model, x, y, algorithm: str, steps: int, compiled: bool):
@@ -227,6 +284,10 @@ def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: i
         peak_bp = _peak_bytes(configs["bp:1"], model, device)
         for row, step in zip(rows, configs.values()):
             row["peak_memory_vs_bp"] = _peak_bytes(step, model, device) / max(peak_bp, 1.0)
+    if not compiled:  # a compiled step's ops are fused kernels, which a dispatch mode does not see
+        for row, step in zip(rows, configs.values()):
+            row["ops_per_step"], row["host_reads"] = _launches(step)
+            row["ops_vs_bp"] = row["ops_per_step"] / rows[0]["ops_per_step"]
     if timed and not compiled and any(a == "incremental" for a, _ in algorithms):
         configs[PASSES] = _incremental_passes(model, x)
         rows.append({"model": case.name, "algorithm": PASSES, "T": None, "compiled": False})
@@ -266,7 +327,7 @@ TARGETS = {"exact": 1.3, "fpa": 1.1, "pc": 1.1, "incremental": 1.1}
 
 def _table(rows: list[dict]) -> str:
     head = f"{'model':<22}{'algorithm':<20}{'T':>4}{'compiled':>9}{'ms/step':>10}{'steps/s':>10}{'x bp':>8}" \
-           f"{'x budget':>10}{'budget':>14}{'mem x bp':>10}{'x eager bp':>12}"
+           f"{'x budget':>10}{'budget':>14}{'mem x bp':>10}{'x eager bp':>12}{'ops x bp':>10}{'reads':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
@@ -274,7 +335,8 @@ def _table(rows: list[dict]) -> str:
             f"{r.get('ms_per_step', math.nan):>10.2f}{r.get('steps_per_s', math.nan):>10.0f}"
             f"{r.get('vs_bp', math.nan):>8.2f}"
             f"{r.get('vs_budget', float('nan')):>10.2f}{r.get('budget', ''):>14}"
-            f"{r.get('peak_memory_vs_bp', float('nan')):>10.2f}{r.get('vs_eager_bp', float('nan')):>12.2f}")
+            f"{r.get('peak_memory_vs_bp', float('nan')):>10.2f}{r.get('vs_eager_bp', float('nan')):>12.2f}"
+            f"{r.get('ops_vs_bp', float('nan')):>10.2f}{r.get('host_reads', ''):>7}")
     return "\n".join(lines)
 
 

@@ -67,6 +67,13 @@ def test_speed_smoke_rows():
                                                         "incremental passes"}
     for row in report["rows"]:
         assert row["ms_per_step"] > 0 and row["vs_bp"] > 0
+    # What each step launches is counted: plain backprop reads nothing back (the
+    # optimizer's CPU step counters aside); a pclab step reads its batch check and its
+    # readout, incremental PC also each tick's divergence check.
+    counted = {r["algorithm"]: r for r in report["rows"] if "ops_per_step" in r}
+    assert counted["bp"]["ops_vs_bp"] == 1.0 and counted["bp"]["host_reads"] == 0
+    assert all(r["ops_per_step"] > counted["bp"]["ops_per_step"] for a, r in counted.items() if a != "bp")
+    assert [counted[a]["host_reads"] for a in ("exact", "fpa", "pc", "incremental")] == [2, 2, 2, 2 + 2]
     assert set(report["machine"]) >= {"cpu", "cores", "torch", "heap"}
     assert report["commit"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+modified)?", report["commit"])
 
@@ -119,6 +126,8 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     (results / "speed-memory.json").write_text(json.dumps(memory))
     default_heap = {**again, "machine": {**speed["machine"], "heap": "glibc defaults"}}
     (results / "speed-mlp-default-malloc.json").write_text(json.dumps(default_heap))
+    counted = {**speed, "rows": [{**speed["rows"][0], "model": "tiny", "ops_vs_bp": 1.375, "host_reads": 2}]}
+    (results / "speed-tiny.json").write_text(json.dumps(counted))
     gpu = {**again, "machine": {**speed["machine"], "gpu": "Fabricated GPU 1"}}
     (results / "speed-cuda.json").write_text(json.dumps(gpu))
     pcx = {"date_utc": "2000-01-03T00:00:00+00:00", "command": "python compare_pcx.py --fabricated",
@@ -144,6 +153,9 @@ def test_render_shows_the_numbers_of_the_json_it_is_given(accuracy, tmp_path):
     # a memory-only re-measurement says it has no timings, and shows dashes for them
     assert "(cnn, peak memory re-measured, no timings)" in text
     assert "| cnn | fpa | 8 |  | - | - | - |  | 2.47 | - |" in text
+    # launches counted (speed.py since 2026-12-05) get their columns; older tables keep theirs
+    assert "| tiny | fpa | 8 |  | 1.23 | 4.32 | 1.10 | fwd + T bwd | - | - | 1.38 | 2 |" in text
+    assert text.count("ops × bp | host reads |") == 1
     # one re-measured without pclab's heap setting says so in its heading
     assert "(mlp, re-measured, glibc's default heap)" in text
     # one measured on a GPU names it, in its heading and its machine line

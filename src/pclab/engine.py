@@ -292,7 +292,7 @@ def _check_finite(inputs: tuple[Any, ...], target: Tensor | None) -> None:
         return
     # A sum is finite when every term is (one that overflows is then checked term by
     # term): a single pass over the data, cheaper than isfinite's mask. Half-precision
-    # data is summed in float32, whose range its sums do not pass.
+    # data is summed in float32, past whose range float16 sums cannot go.
     sums = torch.stack([t.detach().sum(dtype=torch.promote_types(t.dtype, torch.float32))
                         for _, _, t in checked]).tolist()
     for (what, node, t), total in zip(checked, sums):

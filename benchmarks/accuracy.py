@@ -773,6 +773,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "results are the same as with 1)")
     parser.add_argument("--compile", action="store_true",
                         help="compile=True for every algorithm with a compiled path (same numbers, faster)")
+    parser.add_argument("--compile-per-tick", action="store_true",
+                        help="compile='tick': each inference tick its own program (pc; compiling deep models "
+                             "takes a fraction of the time and memory)")
     parser.add_argument("--tune", action="store_true",
                         help=f"pick lr per algorithm from {LR_GRID} (divided by T for incremental) and the "
                              f"inference step size from {STEP_SIZE_FACTORS} x its default, on a validation "
@@ -818,8 +821,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         extra["epochs"] = args.epochs
     if args.threads is not None and args.threads != TrainConfig.threads:
         extra["threads"] = args.threads  # the default left out, so runs with and without the flag merge
-    if args.compile:
-        extra["compile"] = True
+    if args.compile or args.compile_per_tick:
+        extra["compile"] = "tick" if args.compile_per_tick else True
 
     suites = {name: SUITES[name] for name in names}
     if args.variants:

@@ -42,6 +42,13 @@ def test_train_writes_a_run_folder(capsys, tmp_path):
     assert (config.algorithm, config.model, config.data, config.epochs) == ("pc", "mlp", "digits", 2)
 
 
+def test_compile_per_tick_reaches_the_saved_config(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", *SMALL, "--epochs", "1", "--compile-per-tick", "--out", out)
+    assert code == 0, err
+    assert saved_config(out).compile == "tick"
+
+
 def test_default_out_folder_is_under_runs(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "train", *SMALL, "--epochs", "1", "--algorithm", "bp")

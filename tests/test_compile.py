@@ -34,13 +34,14 @@ def _step(learner, model, x, y):
     return result, [p.grad.clone() for p in model.parameters()], [b.clone() for b in model.buffers()]
 
 
-@pytest.mark.parametrize("algorithm", ["exact", "fpa", "pc"])
-def test_compiled_step_equals_the_eager_step(algorithm):
+@pytest.mark.parametrize("algorithm, mode", [("exact", True), ("exact", "tick"), ("fpa", True), ("pc", True),
+                                             ("pc", "tick")])
+def test_compiled_step_equals_the_eager_step(algorithm, mode):
     torch.manual_seed(0)
     eager_model = ResidualBN()
     compiled_model = copy.deepcopy(eager_model)
     eager = pclab.PredictiveCoding(eager_model, loss="ce", algorithm=algorithm, steps=6)
-    compiled = pclab.PredictiveCoding(compiled_model, loss="ce", algorithm=algorithm, steps=6, compile=True)
+    compiled = pclab.PredictiveCoding(compiled_model, loss="ce", algorithm=algorithm, steps=6, compile=mode)
     batches = [(torch.randn(10, 12), torch.randint(0, 4, (10,)))]
     if algorithm == "pc":  # a new batch size compiles a second program
         batches.append((torch.randn(7, 12), torch.randint(0, 4, (7,))))
@@ -54,6 +55,45 @@ def test_compiled_step_equals_the_eager_step(algorithm):
         assert got.energy_trace == pytest.approx(want.energy_trace, rel=1e-4, abs=1e-6)
         assert got.energies == pytest.approx(want.energies, rel=1e-4, abs=1e-6)
         assert got.loss == pytest.approx(want.loss, rel=1e-5)
+
+
+def _chain(depth: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 8), *[m for _ in range(depth) for m in (nn.Tanh(), nn.Linear(8, 8))],
+                         nn.Linear(8, 3))
+
+
+def _compiled_programs(model, steps, batches, monkeypatch):
+    """Programs compiled for ``steps`` of per-tick pc on ``batches``; fails on any eager fallback."""
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    counters.clear()
+    pc = pclab.PredictiveCoding(model, loss="ce", algorithm="pc", steps=steps, compile="tick")
+    for batch in batches:
+        pc.step(torch.randn(batch, 6), torch.randint(0, 3, (batch,)))
+    assert not counters["graph_break"]
+    return counters["stats"]["unique_graphs"]
+
+
+def test_per_tick_compiling_grows_with_the_sweeps_not_the_steps(monkeypatch):
+    # A chain's frontier moves one edge per step (with recomputed predictions, both
+    # ways), so its sweeps stop changing once it spans the chain: later steps reuse
+    # a program. The unrolled step would compile every step again.
+    torch.manual_seed(0)
+    model = _chain(4)
+    graph = pclab.capture(model, (torch.randn(2, 6),))
+    distinct = len(set(pclab.inference.frontier_schedule(graph, 30, predictions_move=True)[0][1:]))
+    assert 3 < distinct < 10  # more than dynamo's recompile limit for one program allows
+    many = _compiled_programs(model, 30, (4, 4, 3), monkeypatch)
+    assert many == 2 * (distinct + 2)  # first, each sweep, last; per batch shape
+    assert _compiled_programs(model, 60, (4,), monkeypatch) == distinct + 2
+
+
+def test_compile_per_tick_is_refused_where_ticks_share_a_graph_and_bad_modes_are_named():
+    model = _chain(1)
+    with pytest.raises(ValueError, match=r"'fpa' cannot be compiled per tick.*compile=True"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", compile="tick")
+    with pytest.raises(ValueError, match=r"compile must be one of .*'tick'; got 'fast'"):
+        pclab.PredictiveCoding(model, loss="ce", algorithm="pc", compile="fast")
 
 
 def test_compile_refuses_a_forward_that_draws_random_numbers_and_names_it():

@@ -432,11 +432,11 @@ def test_compare_rejects_unknown_algorithms():
         training.compare(tiny(), ["fpa", "ipc"], seeds=[0])
 
 
-@pytest.mark.parametrize("algorithm", ["pc", "incremental"])
-def test_a_compiled_run_follows_the_eager_run(algorithm):
+@pytest.mark.parametrize("algorithm, mode", [("pc", True), ("pc", "tick"), ("incremental", True)])
+def test_a_compiled_run_follows_the_eager_run(algorithm, mode):
     # 64 examples in batches of 16: one batch shape, so one compilation.
     eager = training.train(tiny(train_size=64, epochs=1, algorithm=algorithm))
-    compiled = training.train(tiny(train_size=64, epochs=1, algorithm=algorithm, compile=True))
+    compiled = training.train(tiny(train_size=64, epochs=1, algorithm=algorithm, compile=mode))
     for a, b in zip(eager.history, compiled.history):
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
         assert b.test_accuracy == pytest.approx(a.test_accuracy, abs=1e-3)

@@ -98,9 +98,10 @@ class Algorithm(Protocol):
     Two optional hooks the engine looks for: a class attribute ``descends_energy =
     True`` where inference is gradient descent on the energy (the engine then warns
     when a step ends with more energy than it started with: a step size above the
-    stable range), and a method ``compiled(compile)`` returning ``run`` with only
-    some parts compiled (incremental PC: its ticks); without it ``compile=True``
-    compiles the whole ``run``.
+    stable range), and a method ``compiled(compile, *, per_tick)`` returning ``run``
+    with only some parts compiled (incremental PC: its ticks; PC: its ticks where
+    ``per_tick``), or ``None`` where the whole ``run`` is one program, as it is
+    without the method.
     """
 
     name: ClassVar[str]
@@ -188,6 +189,14 @@ class FPA:
     def __post_init__(self) -> None:
         _check_steps(self.steps, self.step_size)
 
+    def compiled(self, compile: Callable[[Callable[..., Any]], Callable[..., Any]], *, per_tick: bool) -> None:
+        """The whole ``run`` is one program: every tick differentiates the forward
+        pass's one graph (predictions fixed), which cannot leave a program."""
+        if per_tick:
+            raise ValueError("algorithm 'fpa' cannot be compiled per tick: every tick differentiates the "
+                             "forward pass's one graph. Use compile=True (one program per step) or "
+                             "compile=False")
+
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
         g, B = problem.graph, problem.batch_size
         out, mus, values, _ = g.forward_cut(*problem.inputs)
@@ -265,52 +274,110 @@ class PC:
         _check_steps(self.steps, self.step_size)
 
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
-        g, B, loss = problem.graph, problem.batch_size, problem.loss
-        replay = Replay(problem.model, random=g.draws_random())
-        out, mus, values, fixed = g.forward_cut(*problem.inputs)
-        replay.first_done()
-        feedforward = out.detach()
-        values, mus = list(values), list(mus)
-        sweeps, active = _schedule(g, self.steps, predictions_move=True)
+        return self._ticks(problem, self._first, self._tick, self._last, apart=False)
+
+    def compiled(self, compile: Callable[[Callable[..., Any]], Callable[..., Any]], *,
+                 per_tick: bool) -> Callable[..., Outcome] | None:
+        """With ``per_tick``, ``run`` with each tick a program of its own: the first
+        (with the forward pass), one per distinct sweep, the last (with the weight
+        gradients). The unrolled step's program grows with depth x steps, and so do
+        inductor's compile time and memory; these grow with depth only. Otherwise
+        ``None``: the whole ``run`` is one program."""
+        if not per_tick:
+            return None
+        first, last = compile(self._first), compile(self._last)
+        programs: dict[inference.Sweep, Callable[..., Any]] = {}
+
+        def tick(sweep: inference.Sweep, *args: Any) -> Any:
+            # One program per sweep, each with code of its own (compile copies it): a
+            # deep chain has a distinct sweep per step until the frontier spans it,
+            # more than one program's recompile limit allows.
+            if sweep not in programs:
+                programs[sweep] = compile(lambda *a: self._tick(sweep, *a))
+            return programs[sweep](*args)
+
+        return lambda problem, optimizer=None: self._ticks(problem, first, tick, last, apart=True)
+
+    def _ticks(self, problem: Problem, first: Callable[..., Any], tick: Callable[..., Any],
+               last: Callable[..., Any], *, apart: bool) -> Outcome:
+        """Inference then learning, from three parts; ``apart`` says they run as
+        separate programs, between which no autograd graph may pass."""
+        replay = Replay(problem.model, random=problem.graph.draws_random())
+        sweeps, _ = _schedule(problem.graph, self.steps, predictions_move=True)
         trace = inference.EnergyTrace()
         try:
-            for t, sweep in enumerate(sweeps):
-                if t:
-                    out = _evaluate_moving(problem, values, replay, fixed, mus)
-                loss_sum = self._step(sweep, problem, out, mus, values, trace)
-                if t == 0:
-                    feedforward_loss = loss_sum.detach()
-            out = _evaluate_moving(problem, values, replay, fixed, mus)
-            errors = _errors(values, mus)
-            loss_sum = loss.per_example(out, problem.target).sum()
-            trace.record(errors, loss_sum)
-            grads = learning.weight_gradients([mus[j] for j in active], [errors[j] for j in active],
-                                              problem.params, B, loss_sum=loss_sum)
+            feedforward, feedforward_loss, fixed, mus, values, norms = first(problem, replay, apart)
+            trace.record_norms(norms, feedforward_loss)
+            for sweep in sweeps[1:]:
+                values, loss_sum, norms = tick(sweep, problem, replay, fixed, mus, _leaves(values))
+                trace.record_norms(norms, loss_sum)
+            errors, loss_sum, norms, grads = last(problem, replay, fixed, mus, values, apart)
+            trace.record_norms(norms, loss_sum)
         finally:
             replay.close()
         return Outcome.of(feedforward, feedforward_loss, errors, trace, grads)
 
-    def _step(self, sweep: inference.Sweep, problem: Problem, out: Tensor, mus: list[Tensor],
-              values: list[Tensor], trace: inference.EnergyTrace) -> Tensor:
-        """Record the energy at ``values``, then move the receivers' entries of
-        ``values`` one step down it; returns the summed loss. A function of its own so
-        that its errors and feedback are freed on return, before the next evaluation."""
+    def _first(self, problem: Problem, replay: Replay, apart: bool) -> tuple[Any, ...]:
+        """The forward pass and the first step at its values. Returns the feed-forward
+        output and loss, the tensors later steps read but values do not change
+        (``fixed``, and the predictions of the nodes values do not move, ``None`` for
+        the others), the moved values and the error norms."""
+        g = problem.graph
+        out, mus, values, fixed = g.forward_cut(*problem.inputs)
+        replay.first_done()
+        sweep = _schedule(g, self.steps, predictions_move=True)[0][0]
+        mus = list(mus)
+        moved, loss_sum, norms = self._descend(sweep, problem, out, mus, list(values))
+        # The last step reuses the forward's graph of the unmoved predictions for their
+        # weight gradients, unless it is another program, which recomputes them.
+        keep = (lambda t: t.detach()) if apart else (lambda t: t)
+        unmoved = [None if i in g.moving else keep(m) for i, m in enumerate(mus)]
+        return out.detach(), loss_sum, [keep(t) for t in fixed], unmoved, moved, norms
+
+    def _tick(self, sweep: inference.Sweep, problem: Problem, replay: Replay, fixed: Sequence[Tensor],
+              unmoved: Sequence[Tensor | None], values: list[Tensor]) -> tuple[Any, ...]:
+        """A later step: the predictions values move, recomputed, then one descent step."""
+        mus = list(unmoved)
+        out = _evaluate_moving(problem, values, replay, tuple(fixed), mus)
+        return self._descend(sweep, problem, out, mus, values)
+
+    def _last(self, problem: Problem, replay: Replay, fixed: Sequence[Tensor], unmoved: Sequence[Tensor | None],
+              values: list[Tensor], apart: bool) -> tuple[Any, ...]:
+        """The energy at the final values and each weight's ``dF/dtheta`` there."""
+        _, active = _schedule(problem.graph, self.steps, predictions_move=True)
+        if apart:
+            out, mus = _evaluate(problem, values, replay)
+        else:
+            mus = list(unmoved)
+            out = _evaluate_moving(problem, values, replay, tuple(fixed), mus)
         errors = _errors(values, mus)
         loss_sum = problem.loss.per_example(out, problem.target).sum()
-        trace.record(errors, loss_sum)
+        grads = learning.weight_gradients([mus[j] for j in active], [errors[j] for j in active],
+                                          problem.params, problem.batch_size, loss_sum=loss_sum)
+        return errors, loss_sum.detach(), inference.norms(errors), grads
+
+    def _descend(self, sweep: inference.Sweep, problem: Problem, out: Tensor, mus: list[Tensor],
+                 values: list[Tensor]) -> tuple[list[Tensor], Tensor, list[Tensor]]:
+        """One step down the energy at ``values``: the values with the receivers'
+        moved (outside autograd's graph), the summed loss and the error norms there."""
+        errors = _errors(values, mus)
+        loss_sum = problem.loss.per_example(out, problem.target).sum()
         receivers = [values[i] for i in sweep.receivers]
         # Eager mode frees each step's graph at once; torch.compile refuses a graph
         # freed and then read again, which the final weight step does for the
-        # predictions no value moves.
+        # predictions no value moves when the whole step is one program.
         fb = inference.feedback([loss_sum, *(mus[j] for j in sweep.senders)],
                                 [-torch.ones_like(loss_sum), *(errors[j] for j in sweep.senders)],
                                 receivers, retain_graph=torch.compiler.is_compiling())
-        for i in problem.graph.moving:  # spent once their errors are sent; the next evaluation recomputes them
+        for i in problem.graph.moving:  # spent once their errors are sent; the next step recomputes them
             mus[i] = None
-        moved = inference.value_update(receivers, [errors[i] for i in sweep.receivers], fb, self.step_size)
-        for i, v in zip(sweep.receivers, _leaves(moved)):
-            values[i] = v
-        return loss_sum
+        # A compiled program must not return a tensor autograd tracks (it would compile
+        # a backward for it); eager mode keeps the unmoved leaves as they are.
+        moved = [v.detach() for v in values] if torch.compiler.is_compiling() else list(values)
+        stepped = inference.value_update(receivers, [errors[i] for i in sweep.receivers], fb, self.step_size)
+        for i, v in zip(sweep.receivers, stepped):
+            moved[i] = v
+        return moved, loss_sum.detach(), inference.norms(errors)
 
 
 @dataclass(frozen=True)
@@ -333,10 +400,12 @@ class Incremental:
     def run(self, problem: Problem, optimizer: torch.optim.Optimizer | None = None) -> Outcome:
         return self._ticks(problem, optimizer, self._first, self._next)
 
-    def compiled(self, compile: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[..., Outcome]:
+    def compiled(self, compile: Callable[[Callable[..., Any]], Callable[..., Any]], *,
+                 per_tick: bool) -> Callable[..., Outcome]:
         """``run`` with each tick through ``compile`` (its errors, VJP, norms and value
-        move fused); the optimizer steps between ticks stay outside the compiled
-        programs (one for the first tick, one for the middle ones, one for the last)."""
+        move fused), ``per_tick`` or not: the optimizer steps between ticks stay
+        outside the compiled programs (one for the first tick, one for the middle
+        ones, one for the last)."""
         first, following = compile(self._first), compile(self._next)
         return lambda problem, optimizer=None: self._ticks(problem, optimizer, first, following)
 

@@ -75,6 +75,9 @@ Device = Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads [default: 1; raise it for large conv nets].")]
 Compile = Annotated[Optional[bool], typer.Option(
     "--compile/--no-compile", help="Run each step through torch.compile (incremental: each tick).")]
+CompilePerTick = Annotated[bool, typer.Option(
+    "--compile-per-tick", help="Compile each inference tick apart (pc): compiling grows with depth, "
+    "not depth x steps; steps call more programs.")]
 Out = Annotated[Optional[str], typer.Option(help="Run folder [default: runs/<data>-<model>-<algorithm>-<time>].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run files in an existing --out.")]
 Progress = Annotated[bool, typer.Option("--progress/--quiet", help="Progress bar and one line per epoch.")]
@@ -120,7 +123,7 @@ def train(
     batch_size: BatchSize = None, optimizer: Optimizer = None, lr: Lr = None,
     weight_decay: WeightDecay = None, momentum: Momentum = None, seed: Seed = None,
     eval_every: EvalEvery = None, device: Device = None, threads: Threads = None,
-    compile: Compile = None, out: Out = None,
+    compile: Compile = None, compile_per_tick: CompilePerTick = False, out: Out = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out from its last checkpoint.")] = False,
     overwrite: Overwrite = False, progress: Progress = True,
 ) -> None:
@@ -139,7 +142,7 @@ def train(
                  model=model, algorithm=algorithm, loss=loss, steps=steps, step_size=step_size,
                  epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                  weight_decay=weight_decay, momentum=momentum, seed=seed, eval_every=eval_every,
-                 device=device, threads=threads, compile=compile, out=out)
+                 device=device, threads=threads, compile="tick" if compile_per_tick else compile, out=out)
     model_flags = dict(width=width, depth=depth, activation=activation)
 
     def run() -> None:
@@ -182,7 +185,7 @@ def compare(
     batch_size: BatchSize = None, optimizer: Optimizer = None, lr: Lr = None,
     weight_decay: WeightDecay = None, momentum: Momentum = None, seed: Seed = None,
     eval_every: EvalEvery = None, device: Device = None, threads: Threads = None,
-    compile: Compile = None,
+    compile: Compile = None, compile_per_tick: CompilePerTick = False,
     out: Annotated[Optional[str], typer.Option(help="Folder [default: runs/compare-<data>-<model>-<time>].")] = None,
     overwrite: Overwrite = False, progress: Progress = False,
 ) -> None:
@@ -200,7 +203,7 @@ def compare(
                  model=model, loss=loss, steps=steps, step_size=step_size, epochs=epochs,
                  batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                  momentum=momentum, seed=seed, eval_every=eval_every, device=device,
-                 threads=threads, compile=compile, out=out)
+                 threads=threads, compile="tick" if compile_per_tick else compile, out=out)
     model_flags = dict(width=width, depth=depth, activation=activation)
 
     def run() -> None:

@@ -33,6 +33,7 @@ from .errors import DivergenceError
 from .graph import OUTPUT, CapturedGraph, ValueNodePolicy, capture
 
 _DEFAULT_STEP_SIZE = {"fpa": 0.5, "pc": 0.1, "incremental": 0.1}
+_COMPILE_MODES = (False, True, "step", "tick")
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,19 @@ class PredictiveCoding:
         value_nodes: where value nodes go: ``"layers"`` (each parametrised layer's
             output), ``"all"`` (every floating intermediate) or a predicate on fx nodes.
         leaf_modules: module classes kept opaque (one node each) instead of traced.
-        compile: run each step's inference and learning through ``torch.compile``
-            (one fused program per input shape; the first step of each shape
-            compiles, taking seconds). Needs a forward that draws no random
-            numbers (dropout in eval mode or absent). ``"incremental"`` compiles
-            each tick's signals; its optimizer steps between ticks stay eager.
+        compile: run inference and learning through ``torch.compile``. ``True`` (or
+            ``"step"``): each step is one fused program per input shape; the first
+            step of each shape compiles, taking seconds to minutes, since the
+            program unrolls every inference step through the whole model (its
+            compile time and memory grow with depth x ``steps``). ``"tick"``: one
+            program per kind of inference step (``"pc"``: the first, one per
+            distinct sweep, the last), so compiling grows with depth only, and a
+            step calls ``steps`` programs instead of one. ``"incremental"`` always
+            compiles per tick (its optimizer steps between ticks, eagerly);
+            ``"exact"`` has one tick, so both modes are one program; ``"fpa"``
+            compiles only whole steps (every tick differentiates the forward's
+            one graph). Needs a forward that draws no random numbers (dropout in
+            eval mode or absent).
 
     The graph is captured once per input signature (dtypes and non-batch shapes)
     and reused. See the module docstring for an example.
@@ -103,7 +112,7 @@ class PredictiveCoding:
     def __init__(self, model: nn.Module, *, loss: str | OutputLoss, algorithm: str | Algorithm,
                  steps: int = 20, step_size: float | None = None,
                  value_nodes: ValueNodePolicy = "layers",
-                 leaf_modules: Sequence[type[nn.Module]] = (), compile: bool = False) -> None:
+                 leaf_modules: Sequence[type[nn.Module]] = (), compile: bool | str = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
         self.model = model
@@ -115,11 +124,15 @@ class PredictiveCoding:
         self._graphs: dict[tuple, CapturedGraph] = {}
         self._warned = False  # the energy-rise warning, said once
         self._run = self.algorithm.run
+        if compile not in _COMPILE_MODES:
+            raise ValueError(f"compile must be one of False, True, 'step' or 'tick'; got {compile!r}")
         if compile:
             # An algorithm may say which parts compile (incremental: its ticks, between
-            # which the optimizer steps); otherwise its whole run is one program.
+            # which the optimizer steps; pc: its ticks, if asked); otherwise its whole
+            # run is one program.
             parts = getattr(self.algorithm, "compiled", None)
-            self._run = parts(_compiled) if parts else _compiled(self.algorithm.run)
+            run = parts(_compiled, per_tick=compile == "tick") if parts else None
+            self._run = run or _compiled(self.algorithm.run)
 
     def capture(self, x: Tensor | tuple[Tensor, ...]) -> CapturedGraph:
         """The captured graph for inputs like ``x`` (traced on first use)."""

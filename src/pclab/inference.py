@@ -178,18 +178,19 @@ class EnergyTrace:
         self.evaluations = 0
 
     def record(self, errors: Sequence[Tensor], loss_sum: Tensor) -> None:
-        self.record_norms(norms(errors), loss_sum)
+        self.record_norms(norms(errors), loss_sum.detach())
 
     def record_norms(self, error_norms: Sequence[Tensor], loss_sum: Tensor) -> None:
         """Record an evaluation from its errors' :func:`norms`, taken where they were
-        computed (inside a compiled tick, fused with the errors)."""
+        computed (inside a compiled tick, fused with the errors), and its summed loss,
+        detached there too (a compiled program returns nothing autograd tracks)."""
         self._norms.extend(error_norms)
-        self._losses.append(loss_sum.detach())
+        self._losses.append(loss_sum)
         self.evaluations += 1
 
     def record_at_rest(self, nodes: int, loss_sum: Tensor) -> None:
         """Record an evaluation where every value sits at its prediction (all errors zero)."""
-        self.record_norms([loss_sum.new_zeros(())] * nodes, loss_sum)
+        self.record_norms([loss_sum.new_zeros(())] * nodes, loss_sum.detach())
 
     def packed(self, *tails: Tensor) -> Tensor:
         """One flat tensor: every evaluation's error norms, then each evaluation's

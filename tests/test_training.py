@@ -81,6 +81,7 @@ class CrashAfterEpoch(training.Callback):
     ({"data_dir": 3}, "data_dir"),
     ({"device": "tpu"}, "device"),
     ({"compile": "yes"}, "compile"),
+    ({"compile": "tick", "algorithm": "fpa"}, "compile"),
     ({"step_size": -1.0}, "step_size"),
 ])
 def test_wrong_types_and_values_name_the_key(changes, key):
@@ -425,6 +426,12 @@ def test_a_comparison_whose_every_run_diverged_still_writes_its_table(tmp_path):
     assert [row["diverged"] for row in result.summary] == [[0], [0]]
     assert all(math.isnan(row["accuracy_mean"]) and math.isnan(row["time_ratio"]) for row in result.summary)
     assert "| 1 of 1 (seed 0) |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_compare_refuses_a_setting_one_of_its_algorithms_refuses_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match="'tick' cannot compile fpa"):
+        training.compare(tiny(compile="tick", out=str(tmp_path / "cmp")), ["pc", "fpa"], seeds=[0])
+    assert not any((tmp_path / "cmp").glob("*/seed0"))
 
 
 def test_compare_rejects_unknown_algorithms():

@@ -21,7 +21,7 @@ import math
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -112,7 +112,7 @@ class PredictiveCoding:
     def __init__(self, model: nn.Module, *, loss: str | OutputLoss, algorithm: str | Algorithm,
                  steps: int = 20, step_size: float | None = None,
                  value_nodes: ValueNodePolicy = "layers",
-                 leaf_modules: Sequence[type[nn.Module]] = (), compile: bool | str = False) -> None:
+                 leaf_modules: Sequence[type[nn.Module]] = (), compile: bool | Literal["step", "tick"] = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
         self.model = model

@@ -219,6 +219,9 @@ class TrainConfig:
         for key in ("weight_decay", "momentum"):
             if not 0 <= getattr(self, key) < math.inf:
                 raise ConfigError(f"config key {key!r}: must be >= 0, got {getattr(self, key)}")
+        if self.compile == "tick" and self.algorithm == "fpa":
+            raise ConfigError("config key 'compile': 'tick' cannot compile fpa, whose ticks all differentiate "
+                              "the forward pass's one graph; use compile: true (one program per step)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-safe dict of every field (what ``config.yaml`` holds)."""
@@ -1161,6 +1164,8 @@ def compare(base: TrainConfig, algorithms: Sequence[str], seeds: Sequence[int], 
         raise ConfigError("compare runs its trainings one after another in one process; launch it "
                           "without torchrun (use torchrun for single `pclab train` runs)")
     names = list(dict.fromkeys(["bp", *algorithms]))
+    for name in names:  # a setting one algorithm refuses fails before any run, not after bp's
+        dataclasses.replace(base, algorithm=name)
     seeds = tuple(seeds)
     if not seeds:
         raise ConfigError("compare needs at least one seed")

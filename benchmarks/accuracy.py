@@ -77,6 +77,7 @@ from pclab.training import RunDiverged, TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when loaded by path
 from provenance import commit, cpu  # noqa: E402
+from speed import compiled_label  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -714,7 +715,7 @@ def _render_speed(report: dict[str, Any], source: str) -> list[str]:
         def num(key):
             v = r.get(key)
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-        lines.append(f"| {r['model']} | {r['algorithm']} | {r['T'] or ''} | {'yes' if r.get('compiled') else ''} "
+        lines.append(f"| {r['model']} | {r['algorithm']} | {r['T'] or ''} | {compiled_label(r.get('compiled'))} "
                      f"| {num('ms_per_step')} | {num('vs_bp')} | {num('vs_budget')} | {r.get('budget', '')} "
                      f"| {num('peak_memory_vs_bp')} | {num('vs_eager_bp')} |"
                      + (f" {num('ops_vs_bp')} | {r.get('host_reads', '-')} |" if counted else ""))

@@ -18,8 +18,11 @@ and speed cancel:
 ``--compile`` adds the same table with ``compile=True`` (pclab's torch.compile path;
 backprop and the references compiled too, with ``torch.compile(model)``), its
 ratios taken against compiled backprop, plus ``x eager bp`` (incremental PC compiles
-its ticks, not its optimizer steps). On the CPU peak memory is not sampled for
-compiled rows (fused kernels bypass the op-level sampling).
+its ticks, not its optimizer steps). ``--compile-per-tick`` adds it again with
+``compile="tick"`` (each inference tick a program of its own; fpa, which cannot, left
+out): what calling T programs a step costs against one unrolled program. On the CPU
+peak memory is not sampled for compiled rows (fused kernels bypass the op-level
+sampling).
 
 Timings interleave all configurations over several rounds and keep each one's
 median. Peak memory is the largest heap growth (glibc ``mallinfo2``: in-use bytes,
@@ -198,7 +201,7 @@ def _launches(step: Callable[[], None]) -> tuple[int, int]:
     return count.ops, len(reads)
 
 
-def _training_step(model, x, y, algorithm: str, steps: int, compiled: bool):
+def _training_step(model, x, y, algorithm: str, steps: int, compiled: bool | str):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     if algorithm == "bp":
         forward = _forward(model, compiled)
@@ -219,11 +222,11 @@ def _training_step(model, x, y, algorithm: str, steps: int, compiled: bool):
     return step
 
 
-def _forward(model: nn.Module, compiled: bool) -> Callable[..., torch.Tensor]:
+def _forward(model: nn.Module, compiled: bool | str) -> Callable[..., torch.Tensor]:
     return torch.compile(model, dynamic=False) if compiled else model
 
 
-def _reference_steps(model, x, y, compiled: bool) -> dict[str, Callable[[], None]]:
+def _reference_steps(model, x, y, compiled: bool | str) -> dict[str, Callable[[], None]]:
     """Plain forward, forward+backward and optimizer step, to time separately."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model_forward = _forward(model, compiled)
@@ -272,8 +275,10 @@ def _incremental_passes(model: nn.Module, x: torch.Tensor) -> Callable[[], None]
 
 
 def measure(case: Case, algorithms: list[tuple[str, int]], batch: int, rounds: int, repeat: int,
-            memory: bool, compiled: bool = False, timed: bool = True,
+            memory: bool, compiled: bool | str = False, timed: bool = True,
             device: torch.device = torch.device("cpu")) -> list[dict]:
+    if compiled == "tick":
+        algorithms = [(a, t) for a, t in algorithms if a != "fpa"]  # compiles whole steps only
     torch.manual_seed(0)
     model = case.build().to(device)
     x, y = (t.to(device) for t in case.batch(batch))
@@ -331,13 +336,18 @@ def _table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['model']:<22}{r['algorithm']:<20}{r['T'] or '':>4}{'yes' if r.get('compiled') else '':>9}"
+            f"{r['model']:<22}{r['algorithm']:<20}{r['T'] or '':>4}{compiled_label(r.get('compiled')):>9}"
             f"{r.get('ms_per_step', math.nan):>10.2f}{r.get('steps_per_s', math.nan):>10.0f}"
             f"{r.get('vs_bp', math.nan):>8.2f}"
             f"{r.get('vs_budget', float('nan')):>10.2f}{r.get('budget', ''):>14}"
             f"{r.get('peak_memory_vs_bp', float('nan')):>10.2f}{r.get('vs_eager_bp', float('nan')):>12.2f}"
             f"{r.get('ops_vs_bp', float('nan')):>10.2f}{r.get('host_reads', ''):>7}")
     return "\n".join(lines)
+
+
+def compiled_label(compiled: bool | str | None) -> str:
+    """A row's ``compiled`` field as the tables show it: ``yes`` (whole steps), ``tick`` or blank."""
+    return "yes" if compiled is True else compiled or ""
 
 
 def _against_eager(rows: list[dict]) -> None:
@@ -357,6 +367,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", default="1,8,20", help="inference steps T to measure")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="also measure every step with compile=True")
+    parser.add_argument("--compile-per-tick", action="store_true",
+                        help="also measure every step with compile='tick' (fpa left out)")
     parser.add_argument("--memory-only", action="store_true",
                         help="peak memory alone, no timings (the same on a busy machine)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -368,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="leave glibc's heap settings alone (by default the process keeps freed memory "
                              "for reuse, as `pclab train` does: pclab.allocator.retain_freed_memory)")
     args = parser.parse_args(argv)
-    if args.memory_only and args.compile and args.device == "cpu":
+    if args.memory_only and (args.compile or args.compile_per_tick) and args.device == "cpu":
         parser.error("--memory-only on the CPU measures eager steps only (compiled rows sample no memory); "
                      "drop --compile")
     device = torch.device(args.device)
@@ -397,11 +409,12 @@ def main(argv: list[str] | None = None) -> dict:
         cases = [c for c in cases if c.name in wanted]
     rows = []
     for case in cases:
-        for compiled in (False, True) if args.compile else (False,):
+        modes = [False, *([True] if args.compile else []), *(["tick"] if args.compile_per_tick else [])]
+        for compiled in modes:
             rows += measure(case, algorithms, args.batch, args.rounds, args.repeat,
                             memory=sample_memory, compiled=compiled, timed=not args.memory_only,
                             device=device)
-        if args.compile:
+        if len(modes) > 1:
             _against_eager(rows)
         print(_table([r for r in rows if r["model"] == case.name]), flush=True)
     result = {

@@ -9,8 +9,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-from pclab.experiments.sweep import write_json_atomic
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,5 +73,9 @@ def _commit(root: Path) -> str | None:
 def write_result(path: Path, result: dict) -> None:
     """Write ``result`` as JSON to ``path`` whole or not at all (a run killed while
     writing leaves the previous results file intact), and say so."""
+    # Imported here, not at the top: the peer harness imports this module in PCX's own
+    # virtual environment, which has no pclab.
+    from pclab.experiments.sweep import write_json_atomic
+
     write_json_atomic(path, result)
     print(f"wrote {path}")

@@ -10,6 +10,7 @@ PCX's update written out by hand (``pcx_mlp.py``'s docstring), never from pclab:
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -149,3 +150,12 @@ def test_compare_refuses_a_core_count_this_process_cannot_use(cores):
     with pytest.raises(SystemExit):
         compare.parse_args(["--cores", cores])
     assert compare.parse_args(["--cores", "1"]).pclab_threads == 1  # pclab gets the same one core
+
+
+def test_the_shared_harness_imports_where_neither_pclab_nor_torch_is_installed():
+    # pcx_mlp.py runs the harness in PCX's own venv, which has numpy but not pclab or torch.
+    blocked = "import sys; sys.modules.update(pclab=None, torch=None); "
+    code = blocked + f"sys.path.insert(0, {str(SCRIPT.parent)!r}); import harness; print(harness.cpu() != '')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

@@ -9,17 +9,17 @@ resolved :class:`~pclab.training.TrainConfig` of every run.
 ``--tune`` picks each algorithm's hyperparameters from :func:`tuning_grid` by the
 accuracy on a validation split carved from the training set
 (:func:`pclab.data.validation_split`, seed 0), never on the test set: the
-learning rate from :data:`LR_GRID` for every algorithm and, for those with an
-inference step size, that too from :data:`STEP_SIZE_FACTORS` times its default
-(PC's step size decides how far inference settles, which is the difference
+learning rate from the suite's grid (:data:`LR_GRID` for AdamW) for every
+algorithm and, for those with an inference step size, that too from
+:data:`STEP_SIZE_FACTORS` times its default (PC's step size decides how far inference settles, which is the difference
 between approximating backprop and prospective configuration, so leaving it at
 its default would tune pc less than bp). Incremental PC steps the optimizer at
-each of its T ticks, so its learning rates are :data:`LR_GRID` divided by T:
+each of its T ticks, so its learning rates are the grid's divided by T:
 AdamW's step length is about ``lr`` whatever the gradient's scale, so a batch then
 moves its weights about as far as one step at the other algorithms' rates.
-Then, at the best of those settings, the weight decay from
-:data:`WEIGHT_DECAY_GRID` (:func:`weight_decay_grid`), against none: an algorithm
-that overfits (incremental PC takes T optimizer steps per batch) gets the same
+Then, at the best of those settings, the weight decay from the suite's grid
+(:data:`WEIGHT_DECAY_GRID` for AdamW; :func:`weight_decay_grid`), against none: an
+algorithm that overfits (incremental PC takes T optimizer steps per batch) gets the same
 remedy to choose as the others.
 Every grid point gets the same epochs and seed; every knob three values. Where the
 best point lies on the grid's edge the search walks on past it, one grid step at a
@@ -66,7 +66,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -103,6 +103,8 @@ class Suite:
     ``config`` holds the :class:`TrainConfig` fields shared by every algorithm (anything
     left out is ``pclab train``'s default); ``per_algorithm`` overrides them for one
     algorithm. ``variants`` maps a label to the model options (several for depth sweeps).
+    ``lr_grid`` and ``weight_decay_grid`` are what ``--tune`` searches: AdamW's by
+    default; a suite on another optimizer needs the rates and decays that suit it.
     """
 
     data: str
@@ -113,9 +115,15 @@ class Suite:
     config: dict[str, Any] = field(default_factory=dict)
     per_algorithm: dict[str, dict[str, Any]] = field(default_factory=dict)
     note: str = ""
+    lr_grid: tuple[float, ...] = LR_GRID
+    weight_decay_grid: tuple[float, ...] = WEIGHT_DECAY_GRID
 
 
 MLP = {"width": 128, "depth": 2}  # 784-128-128-10 on 28x28 images; 64-128-128-10 on digits
+RESIDUAL_MLPS = {f"residual mlp depth {d}": {"kind": "mlp", "depth": d, "width": 128} for d in (8, 32, 64)}
+DEPTH = {"epochs": 10, "batch_size": 64, "train_size": 10000}
+DEPTH_NOTE = ("residual MLPs of depth 8 / 32 / 64, pc against bp; a class-balanced 10,000-image subset "
+              "of the training set, 10 epochs")
 
 # The one table of hyperparameters. Empty config = `pclab train` defaults:
 # AdamW lr 1e-3, batch 32, T = 20 inference steps, the algorithm's default step size, 30 epochs.
@@ -134,13 +142,16 @@ SUITES: dict[str, Suite] = {
                         note="small VGG-style CNN: pclab's vgg5 with 16-32-32-32 channels, the CNN of "
                              "speed.py; a class-balanced 6,000-image subset of the training set, 10 epochs, "
                              "T = 8 (what 2 cores allow: a full-data epoch of pc costs minutes here)"),
-    "fmnist-depth": Suite("fashion-mnist", "fashion-mnist", "resnet",
-                          {f"residual mlp depth {d}": {"kind": "mlp", "depth": d, "width": 128}
-                           for d in (8, 32, 64)},
-                          algorithms=("bp", "pc"),
-                          config={"epochs": 10, "batch_size": 64, "train_size": 10000},
-                          note="residual MLPs of depth 8 / 32 / 64, pc against bp; a class-balanced "
-                               "10,000-image subset of the training set, 10 epochs"),
+    "fmnist-depth": Suite("fashion-mnist", "fashion-mnist", "resnet", RESIDUAL_MLPS,
+                          algorithms=("bp", "pc"), config=DEPTH, note=DEPTH_NOTE),
+    # AdamW left depth-64 pc at chance on every setting tuned; SGD with momentum let it learn
+    # outside the benchmark. L2 decay under momentum 0.9 shrinks weights by about
+    # 10 x lr x decay a step, so these decays at lr 1e-2 shrink as AdamW's grid does at 1e-3.
+    "fmnist-depth-sgd": Suite("fashion-mnist", "fashion-mnist", "resnet", RESIDUAL_MLPS,
+                              algorithms=("bp", "pc"),
+                              config={**DEPTH, "optimizer": "sgd", "momentum": 0.9},
+                              note=DEPTH_NOTE + "; SGD with momentum 0.9 in place of AdamW",
+                              lr_grid=(3e-3, 1e-2, 3e-2), weight_decay_grid=(1e-3, 3e-3, 1e-2)),
 }
 SMOKE = {"suite": "digits-mlp", "algorithms": ("bp", "pc"), "seeds": 1,
          "config": {"epochs": 1, "train_size": 200, "steps": 5}}
@@ -217,27 +228,28 @@ def _pclab_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
                    if issubclass(w.category, RuntimeWarning) and "pclab" in w.filename})
 
 
-def tuning_grid(algorithm: str, steps: int) -> list[dict[str, float]]:
+def tuning_grid(algorithm: str, steps: int, lrs: Sequence[float] = LR_GRID) -> list[dict[str, float]]:
     """The settings ``--tune`` tries for ``algorithm`` run with ``steps`` inference steps:
-    lr, and the step size where it has one."""
+    lr from ``lrs``, and the step size where it has one."""
     if algorithm in ("bp", "exact"):  # exact's one sweep has step size 1 by definition
-        return [{"lr": lr} for lr in LR_GRID]
+        return [{"lr": lr} for lr in lrs]
     default = make_algorithm(algorithm, 1, None).step_size
     per_update = steps if algorithm == "incremental" else 1  # optimizer steps per batch
     return [{"lr": round(lr / per_update, 12), "step_size": round(default * f, 12)}
-            for lr in LR_GRID for f in STEP_SIZE_FACTORS]
+            for lr in lrs for f in STEP_SIZE_FACTORS]
 
 
-def weight_decay_grid(best: dict[str, float]) -> list[dict[str, float]]:
-    """The settings ``--tune`` tries second: :data:`WEIGHT_DECAY_GRID` at ``best``, the
-    best point of :func:`tuning_grid` (which ran without decay).
+def weight_decay_grid(best: dict[str, float],
+                      decays: Sequence[float] = WEIGHT_DECAY_GRID) -> list[dict[str, float]]:
+    """The settings ``--tune`` tries second: ``decays`` at ``best``, the best point of
+    :func:`tuning_grid` (which ran without decay).
 
     One knob at a time keeps the cost at three runs more per algorithm rather than three
     times as many. Decoupled decay shrinks weights by ``lr * decay`` per optimizer step,
     so incremental's T-times smaller rate over T times more steps decays a batch's
     weights as far as the other algorithms do: one grid serves all.
     """
-    return [{**best, "weight_decay": wd} for wd in WEIGHT_DECAY_GRID]
+    return [{**best, "weight_decay": wd} for wd in decays]
 
 
 def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str, Any],
@@ -284,9 +296,9 @@ def _tune(suite: Suite, algorithm: str, variant: dict[str, Any], extra: dict[str
             todo = beyond_edge(base, points, best)
         return best
 
-    base = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps)
+    base = tuning_grid(algorithm, _config(suite, algorithm, variant, extra, data_dir).steps, suite.lr_grid)
     best = search(base)
-    decay = weight_decay_grid(best)
+    decay = weight_decay_grid(best, suite.weight_decay_grid)
     best = search(decay)
     _, accuracy, curve = known[_point(best)]
     rerun = curve is None and accuracy is not None
@@ -778,9 +790,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="compile='tick': each inference tick its own program (pc; compiling deep models "
                              "takes a fraction of the time and memory)")
     parser.add_argument("--tune", action="store_true",
-                        help=f"pick lr per algorithm from {LR_GRID} (divided by T for incremental) and the "
-                             f"inference step size from {STEP_SIZE_FACTORS} x its default, on a validation "
-                             f"split of train; then the weight decay from {WEIGHT_DECAY_GRID} (or none) at "
+                        help=f"pick lr per algorithm from the suite's grid ({LR_GRID} for AdamW; divided by T "
+                             f"for incremental) and the inference step size from {STEP_SIZE_FACTORS} x its "
+                             f"default, on a validation split of train; then the weight decay from the "
+                             f"suite's grid ({WEIGHT_DECAY_GRID} for AdamW) or none at "
                              "the best of those; then the epoch count at which that setting's validation "
                              "accuracy peaked")
     parser.add_argument("--retune", action="store_true",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import subprocess
 import sys
@@ -270,6 +271,30 @@ def test_tuning_walks_past_the_edge_the_best_setting_lies_on(accuracy):
     assert accuracy.beyond_edge(base, walked, {"lr": 2.7e-5, "step_size": 0.03}) == []
     # a setting already tried is not proposed again
     assert accuracy.beyond_edge(base, walked, {"lr": 9e-5, "step_size": 0.03}) == []
+
+
+def test_a_suite_on_another_optimizer_tunes_over_its_own_grids(accuracy):
+    """The SGD depth suite searches SGD's rates and decays, with its optimizer, on AdamW's models."""
+    suite = accuracy.SUITES["fmnist-depth-sgd"]
+    assert suite.variants == accuracy.SUITES["fmnist-depth"].variants
+    assert (suite.config["optimizer"], suite.config["momentum"]) == ("sgd", 0.9)
+    smoke = accuracy.SUITES["digits-mlp"]
+    suite = accuracy.replace(smoke, config={"optimizer": "sgd", "momentum": 0.9},
+                             lr_grid=(0.01, 0.1, 1.0), weight_decay_grid=(1e-4, 1e-3, 1e-2))
+    ran = []
+
+    def middle_is_best(configs, dataset):  # scores without training: best at the middle of both grids
+        for config in configs:
+            ran.append(config)
+            score = 0.9 - abs(math.log10(config.lr) + 1) - abs(math.log10(config.weight_decay or 1e-6) + 3)
+            yield {"test_accuracy": score, "test_accuracy_per_epoch": [score]}
+
+    variant = next(iter(smoke.variants.values()))
+    tuning = accuracy._tune(suite, "bp", variant, {}, None, None, lambda line: None, middle_is_best)
+    assert [c.lr for c in ran] == [0.01, 0.1, 1.0, 0.1, 0.1, 0.1]
+    assert [c.weight_decay for c in ran] == [0.0, 0.0, 0.0, 1e-4, 1e-3, 1e-2]
+    assert {(c.optimizer, c.momentum) for c in ran} == {("sgd", 0.9)}
+    assert tuning["chosen"] == {"lr": 0.1, "weight_decay": 1e-3}
 
 
 def test_tuning_reuses_scores_from_the_results_file_unless_told_to_retune(accuracy, tmp_path):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from pclab.data import load
 if str(Path(__file__).resolve().parent) not in sys.path:  # also when loaded by file path (tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (stdlib + numpy only, shared with pcx_mlp.py)
+import provenance  # noqa: E402  (benchmarks/, on the path harness set)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +167,8 @@ class PclabBenchmark(harness.Benchmark):
         return PclabTrainer(cfg)
 
     def versions(self) -> dict:
-        out = harness.package_versions(("pclab", "torch", "numpy"))
-        try:
-            out["pclab_git"] = subprocess.run(["git", "-C", str(harness.REPO_ROOT), "describe", "--always", "--dirty"],
-                                              capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            out["pclab_git"] = None
-        return out
+        # The commit as every benchmark records it: code changes mark it, results files do not.
+        return {**harness.package_versions(("pclab", "torch", "numpy")), "pclab_git": provenance.commit()}
 
     def machine(self) -> dict:
         return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()}

@@ -94,6 +94,8 @@ def test_compile_per_tick_is_refused_where_ticks_share_a_graph_and_bad_modes_are
         pclab.PredictiveCoding(model, loss="ce", algorithm="fpa", compile="tick")
     with pytest.raises(ValueError, match=r"compile must be one of .*'tick'; got 'fast'"):
         pclab.PredictiveCoding(model, loss="ce", algorithm="pc", compile="fast")
+    with pytest.raises(ValueError, match=r"compile must be one of .*'tick'; got 'fast'"):
+        pclab.learner(model, "bp", loss="ce", compile="fast")
 
 
 def test_compile_refuses_a_forward_that_draws_random_numbers_and_names_it():

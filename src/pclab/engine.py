@@ -125,8 +125,7 @@ class PredictiveCoding:
         self._graphs: dict[tuple, CapturedGraph] = {}
         self._warned = False  # the energy-rise warning, said once
         self._run = self.algorithm.run
-        if compile not in _COMPILE_MODES:
-            raise ValueError(f"compile must be one of False, True, 'step' or 'tick'; got {compile!r}")
+        _check_compile_mode(compile)
         if compile:
             # An algorithm may say which parts compile (incremental: its ticks, between
             # which the optimizer steps; pc: its ticks, if asked); otherwise its whole
@@ -199,7 +198,9 @@ class Backprop:
 
     algorithm_name = "bp"
 
-    def __init__(self, model: nn.Module, *, loss: str | OutputLoss, compile: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, loss: str | OutputLoss,
+                 compile: bool | Literal["step", "tick"] = False) -> None:
+        _check_compile_mode(compile)
         self.model = model
         self.loss = get_loss(loss)
         # The same switch as PredictiveCoding's, so that speed comparisons compare like with like.
@@ -221,13 +222,21 @@ class Backprop:
 
 
 def learner(model: nn.Module, algorithm: str, *, loss: str | OutputLoss, steps: int = 20,
-            step_size: float | None = None, compile: bool = False,
+            step_size: float | None = None, compile: bool | Literal["step", "tick"] = False,
             **options: Any) -> PredictiveCoding | Backprop:
-    """``Backprop`` for ``algorithm="bp"``, else :class:`PredictiveCoding` (same ``step``)."""
+    """``Backprop`` for ``algorithm="bp"``, else :class:`PredictiveCoding` (same ``step``).
+
+    Backprop has no inference ticks to compile apart, so every ``compile`` mode but
+    ``False`` compiles its forward pass."""
     if algorithm == "bp":
         return Backprop(model, loss=loss, compile=compile)
     return PredictiveCoding(model, loss=loss, algorithm=algorithm, steps=steps, step_size=step_size,
                             compile=compile, **options)
+
+
+def _check_compile_mode(compile: Any) -> None:
+    if compile not in _COMPILE_MODES:
+        raise ValueError(f"compile must be one of False, True, 'step' or 'tick'; got {compile!r}")
 
 
 def _compiled(run: Any) -> Any:

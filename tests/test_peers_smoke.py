@@ -34,6 +34,13 @@ def _load_script():
 bench = _load_script()
 
 
+def _load_compare():
+    spec = importlib.util.spec_from_file_location("compare_pcx", SCRIPT.with_name("compare_pcx.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    return compare
+
+
 def _pcx_rule_by_hand(params, x, y_onehot, T, lr_h, slope):
     """PCX's training step in plain torch: values after T SGD steps on F, and dF/dW / batch."""
     W1, b1, W2, b2, W3, b3 = params
@@ -133,9 +140,7 @@ def test_smoke_run_reports_pcx_schema(tmp_path):
 
 
 def test_compare_says_how_to_make_the_missing_pcx_venv(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("compare_pcx", SCRIPT.with_name("compare_pcx.py"))
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = _load_compare()
     monkeypatch.setattr(compare, "PCX_PYTHON", tmp_path / "no-venv" / "bin" / "python")
     with pytest.raises(SystemExit, match=r"bash benchmarks/peers/setup_pcx\.sh"):
         compare.main(["--smoke", "--out-dir", str(tmp_path)])
@@ -144,9 +149,7 @@ def test_compare_says_how_to_make_the_missing_pcx_venv(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("cores", ["0", "99999"])
 def test_compare_refuses_a_core_count_this_process_cannot_use(cores):
-    spec = importlib.util.spec_from_file_location("compare_pcx", SCRIPT.with_name("compare_pcx.py"))
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = _load_compare()
     with pytest.raises(SystemExit):
         compare.parse_args(["--cores", cores])
     assert compare.parse_args(["--cores", "1"]).pclab_threads == 1  # pclab gets the same one core
@@ -159,3 +162,38 @@ def test_the_shared_harness_imports_where_neither_pclab_nor_torch_is_installed()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def _fake_report(seed: int, test_acc: list[float]) -> dict:
+    return {"config": {"seed": seed}, "contention": {"other_processes_avg_cores": 0.0},
+            "results": {"full_epochs": len(test_acc), "test_acc": test_acc, "epoch_s": [3.0] + [1.0] * (len(test_acc) - 1),
+                        "steps_per_s": 100.0, "steps_per_s_median_window": 100.0, "compile_s": 1.0}}
+
+
+def test_compare_reports_accuracy_over_seeds_and_counts_runs_that_collapsed():
+    # One run per library is no comparison for a rule whose accuracy can collapse between two
+    # epochs: the table gives the spread over seeds and the runs that ended far below their best.
+    compare = _load_compare()
+    timing = {lib: [_fake_report(0, [0.5])] for lib in compare.LIBS}
+    accuracy = {
+        "pcx": [_fake_report(0, [0.66, 0.65, 0.75, 0.79, 0.78]), _fake_report(1, [0.80, 0.84, 0.52, 0.79, 0.79]),
+                _fake_report(2, [0.84, 0.85, 0.86, 0.86, 0.87])],
+        # seed 2 stopped after 4 epochs: both libraries are compared over the epochs every run has
+        "pclab": [_fake_report(0, [0.83, 0.83, 0.84, 0.84, 0.21]), _fake_report(1, [0.84, 0.84, 0.77, 0.82, 0.45]),
+                  _fake_report(2, [0.85, 0.85, 0.70, 0.86])],
+    }
+    summary = compare.summarise(timing, accuracy)
+    assert summary["accuracy_epochs"] == 4
+    assert summary["pcx"]["collapsed_runs"] == 0  # pcx seed 1 fell by 0.32 at epoch 3 but recovered
+    assert summary["pclab"]["collapsed_runs"] == 0  # pclab's collapses come at epoch 5, cut here
+    rows = {k.strip(): (a, b) for k, a, b in compare.table(summary, compare.parse_args([]), {"pcx": [7], "pclab": [7]})}
+    assert rows["test acc after epoch 1, median (min-max) of seeds 0-2"] == ("0.8000 (0.6600-0.8400)",
+                                                                           "0.8400 (0.8300-0.8500)")
+    assert rows["test acc after epoch 4, median (min-max)"] == ("0.7900 (0.7900-0.8600)", "0.8400 (0.8200-0.8600)")
+    assert rows["s per epoch after epoch 1, median over 3 run(s)"] == ("1.00", "1.00")
+
+    accuracy["pclab"][2] = _fake_report(2, [0.85, 0.85, 0.70, 0.86, 0.86])
+    summary = compare.summarise(timing, accuracy)
+    rows = {k.strip(): (a, b) for k, a, b in compare.table(summary, compare.parse_args([]), {"pcx": [7], "pclab": [7]})}
+    assert rows["runs ending 10+ points below their best epoch"] == ("0 of 3", "2 of 3")
+    assert rows["per seed after epoch 5"] == ("0.780, 0.790, 0.870", "0.210, 0.450, 0.860")

@@ -5,15 +5,20 @@ Runs ``pcx_mlp.py`` (in the PCX venv, ``benchmarks/peers/.venv``) and ``pclab_ml
 
 1. timing: ``--rounds`` rounds of ``--max-steps`` timed steps each, alternating
    pcx, pclab, pcx, pclab, ... so that slow drifts in the machine's load hit both;
-2. accuracy: one ``--epochs`` run of each (pcx, then pclab), unless ``--no-accuracy``.
+2. accuracy: ``--accuracy-seeds`` runs of ``--epochs`` epochs of each, alternating
+   pcx and pclab seed by seed, unless ``--no-accuracy``. At these settings the rule is
+   unstable (test accuracy can collapse between two epochs in either library), and the
+   two libraries draw different initial weights from the same seed, so one run each
+   says little about which is more accurate: the table gives the median and range
+   over seeds, and how many runs collapsed.
 
 Prints a table (median steps/s per library over the rounds, the ratio pclab/pcx,
-seconds per epoch, test accuracy after epoch 1 and 5) and writes
+seconds per epoch, test accuracy after the first and last epoch) and writes
 ``results/compare_pcx.json`` (every run's full report) and ``results/compare_pcx.md``
 (the table with date, machine and exact command). ``--smoke`` runs each once on 512
 examples in seconds and writes ``results/compare_pcx_smoke.{json,md}`` instead.
 
-    python benchmarks/peers/compare_pcx.py                  # ~3 rounds x 2 x 500 steps + 2 x 5 epochs
+    python benchmarks/peers/compare_pcx.py                  # 3 rounds x 2 x 500 steps + 5 seeds x 2 x 5 epochs
     python benchmarks/peers/compare_pcx.py --smoke
     python benchmarks/peers/compare_pcx.py --cores 1 --pclab-compile   # both on one core: results/compare_pcx_cores1.*
 
@@ -54,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timing rounds, each one pcx run then one pclab run (default 3; 1 with --smoke)")
     p.add_argument("--max-steps", type=int, default=500, help="timed steps per timing run")
     p.add_argument("--epochs", type=int, default=5, help="epochs of the accuracy runs")
+    p.add_argument("--accuracy-seeds", type=int, default=5,
+                   help="accuracy runs per library, seeds --seed, --seed+1, ... (default 5; 1 with --smoke)")
     p.add_argument("--no-accuracy", action="store_true", help="timing rounds only")
     p.add_argument("--smoke", action="store_true",
                    help="every run with --smoke (512 examples, 1 epoch): checks the plumbing in seconds")
@@ -72,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.rounds = 1 if a.smoke else 3
     if a.rounds < 1:
         p.error("--rounds must be at least 1")
+    if a.smoke:
+        a.accuracy_seeds = 1
+    if a.accuracy_seeds < 1:
+        p.error(f"--accuracy-seeds must be at least 1; got {a.accuracy_seeds}")
+    if a.epochs < 1:
+        p.error(f"--epochs must be at least 1; got {a.epochs}")
     if a.cores is not None:
         available = len(os.sched_getaffinity(0))
         if not 1 <= a.cores <= available:
@@ -81,9 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def _command(lib: str, flags: list[str], json_out: Path, args: argparse.Namespace) -> list[str]:
+def _command(lib: str, flags: list[str], seed: int, json_out: Path, args: argparse.Namespace) -> list[str]:
     python = str(PCX_PYTHON) if lib == "pcx" else sys.executable
-    cmd = [python, str(SCRIPTS[lib]), *flags, "--seed", str(args.seed), "--json", str(json_out)]
+    cmd = [python, str(SCRIPTS[lib]), *flags, "--seed", str(seed), "--json", str(json_out)]
     if args.data_dir is not None:
         cmd += ["--data-dir", args.data_dir]
     if lib == "pclab" and args.pclab_threads is not None:
@@ -93,10 +106,10 @@ def _command(lib: str, flags: list[str], json_out: Path, args: argparse.Namespac
     return cmd
 
 
-def _run(lib: str, flags: list[str], label: str, tmp: Path, args: argparse.Namespace) -> dict:
+def _run(lib: str, flags: list[str], seed: int, label: str, tmp: Path, args: argparse.Namespace) -> dict:
     """Run one benchmark subprocess, echoing its output, and return its JSON report."""
     json_out = tmp / f"{label}.json"
-    cmd = _command(lib, flags, json_out, args)
+    cmd = _command(lib, flags, seed, json_out, args)
     print(f"\n=== {label}: {shlex.join(_relative(cmd))}", flush=True)
     t0 = time.perf_counter()
     cores = None if args.cores is None else set(range(args.cores))
@@ -134,8 +147,14 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def summarise(timing: dict[str, list[dict]], accuracy: dict[str, dict]) -> dict:
-    out = {}
+# A run "collapsed" when its last epoch's test accuracy is this far below its best epoch's.
+COLLAPSE_DROP = 0.10
+
+
+def summarise(timing: dict[str, list[dict]], accuracy: dict[str, list[dict]]) -> dict:
+    # Both libraries' curves are cut to the epochs every accuracy run finished, so they compare.
+    epochs = min((r["results"]["full_epochs"] for runs in accuracy.values() for r in runs), default=0)
+    out: dict = {"accuracy_epochs": epochs}
     for lib in LIBS:
         runs = timing[lib]
         s = {
@@ -147,19 +166,26 @@ def summarise(timing: dict[str, list[dict]], accuracy: dict[str, dict]) -> dict:
         s["steps_per_s_median"] = _median(s["steps_per_s_rounds"])
         s["steps_per_s_median_window_median"] = _median(s["steps_per_s_median_window_rounds"])
         s["first_step_s_median"] = _median(s["first_step_s_rounds"])
-        acc_run = accuracy.get(lib)
-        if acc_run is not None:
-            res = acc_run["results"]
-            s["epoch_s"] = res["epoch_s"]
+        acc_runs = accuracy.get(lib, [])
+        if epochs:
+            curves = [r["results"]["test_acc"][:epochs] for r in acc_runs]
+            s["accuracy_seeds"] = [r["config"]["seed"] for r in acc_runs]
+            s["test_acc_per_seed"] = curves
+            s["collapsed_runs"] = sum(max(c) - c[-1] >= COLLAPSE_DROP for c in curves)
             # Epoch 1 holds the first (compile/capture) step; later epochs are the steady state.
-            s["epoch_s_median_after_first"] = _median(res["epoch_s"][1:res["full_epochs"]])
-            s["test_acc"] = res["test_acc"]
-            s["full_epochs"] = res["full_epochs"]
-            s["accuracy_run_other_processes_avg_cores"] = acc_run["contention"]["other_processes_avg_cores"]
+            s["epoch_1_s_median"] = _median([r["results"]["epoch_s"][0] for r in acc_runs])
+            s["epoch_s_median_after_first"] = _median(
+                [t for r in acc_runs for t in r["results"]["epoch_s"][1:epochs]])
+            s["accuracy_runs_other_processes_avg_cores"] = [
+                r["contention"]["other_processes_avg_cores"] for r in acc_runs]
         out[lib] = s
     pcx, pclab = out["pcx"]["steps_per_s_median"], out["pclab"]["steps_per_s_median"]
     out["ratio_pclab_over_pcx"] = pclab / pcx if pcx and pclab else None
     return out
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.4f} ({min(xs):.4f}-{max(xs):.4f})"
 
 
 def table(summary: dict, args: argparse.Namespace, n_timed: dict[str, list[int]]) -> list[tuple[str, str, str]]:
@@ -171,10 +197,6 @@ def table(summary: dict, args: argparse.Namespace, n_timed: dict[str, list[int]]
     def rounds(key: str, spec: str) -> tuple[str, str]:
         return tuple(", ".join(_fmt(v, spec) for v in s[key]) for s in (pcx, pclab))
 
-    def acc(s: dict, epoch: int) -> str:
-        a = s.get("test_acc")
-        return _fmt(a[epoch - 1], ".4f") if a and len(a) >= epoch and s["full_epochs"] >= epoch else "n/a"
-
     steps = {lib: ", ".join(str(k) for k in sorted(set(n))) for lib, n in n_timed.items()}
     rows = [
         (f"steps/s, median of {args.rounds} round(s) ({steps['pcx']} / {steps['pclab']} timed steps each)",
@@ -185,15 +207,30 @@ def table(summary: dict, args: argparse.Namespace, n_timed: dict[str, list[int]]
         ("  other processes' cores per round", *rounds("other_processes_avg_cores_rounds", ".2f")),
         ("first step s (compile / capture), median", *both("first_step_s_median", ".2f")),
     ]
-    if "epoch_s" in pcx and "epoch_s" in pclab:
+    last = summary["accuracy_epochs"]
+    if last:
+        n = len(pcx["accuracy_seeds"])
+        at = {lib: summary[lib]["test_acc_per_seed"] for lib in LIBS}
         rows += [
-            ("s per epoch", *(", ".join(_fmt(v, ".2f") for v in s["epoch_s"]) for s in (pcx, pclab))),
-            ("  median after epoch 1", *both("epoch_s_median_after_first", ".2f")),
-            ("test acc after epoch 1", acc(pcx, 1), acc(pclab, 1)),
-            ("test acc after epoch 5", acc(pcx, 5), acc(pclab, 5)),
-            ("accuracy run: other processes' cores", *both("accuracy_run_other_processes_avg_cores", ".2f")),
+            (f"s per epoch after epoch 1, median over {n} run(s)", *both("epoch_s_median_after_first", ".2f")),
+            ("  epoch 1 s (includes compile / capture), median", *both("epoch_1_s_median", ".2f")),
+            (f"test acc after epoch 1, median (min-max) of seeds {_seeds(pcx['accuracy_seeds'])}",
+             *(_spread([c[0] for c in at[lib]]) for lib in LIBS)),
         ]
+        if last > 1:
+            rows += [
+                (f"test acc after epoch {last}, median (min-max)", *(_spread([c[-1] for c in at[lib]]) for lib in LIBS)),
+                (f"  per seed after epoch {last}", *(", ".join(f"{c[-1]:.3f}" for c in at[lib]) for lib in LIBS)),
+                (f"  runs ending {COLLAPSE_DROP * 100:.0f}+ points below their best epoch",
+                 *(f"{s['collapsed_runs']} of {n}" for s in (pcx, pclab))),
+            ]
+        rows.append(("accuracy runs: other processes' cores, median",
+                     *(_fmt(_median(s["accuracy_runs_other_processes_avg_cores"]), ".2f") for s in (pcx, pclab))))
     return rows
+
+
+def _seeds(seeds: list[int]) -> str:
+    return str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
 
 
 def machine() -> dict:
@@ -242,19 +279,19 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy_flags = ["--smoke"] if args.smoke else ["--epochs", str(args.epochs)]
 
     timing: dict[str, list[dict]] = {lib: [] for lib in LIBS}
-    accuracy: dict[str, dict] = {}
+    accuracy: dict[str, list[dict]] = {lib: [] for lib in LIBS}
     order = []
     with tempfile.TemporaryDirectory(prefix="compare_pcx_") as tmp_name:
         tmp = Path(tmp_name)
         for r in range(1, args.rounds + 1):
             for lib in LIBS:
                 label = f"{lib}_timing_r{r}"
-                timing[lib].append(_run(lib, timing_flags, label, tmp, args))
+                timing[lib].append(_run(lib, timing_flags, args.seed, label, tmp, args))
                 order.append(label)
-        if not args.no_accuracy:
+        for seed in range(args.seed, args.seed + (0 if args.no_accuracy else args.accuracy_seeds)):
             for lib in LIBS:
-                label = f"{lib}_accuracy"
-                accuracy[lib] = _run(lib, accuracy_flags, label, tmp, args)
+                label = f"{lib}_accuracy_s{seed}"
+                accuracy[lib].append(_run(lib, accuracy_flags, seed, label, tmp, args))
                 order.append(label)
 
     summary = summarise(timing, accuracy)

@@ -170,6 +170,12 @@ def _fake_report(seed: int, test_acc: list[float]) -> dict:
                         "steps_per_s": 100.0, "steps_per_s_median_window": 100.0, "compile_s": 1.0}}
 
 
+def _table_rows(compare, summary: dict) -> dict[str, tuple[str, str]]:
+    """The comparison table as {row label: (pcx cell, pclab cell)}."""
+    rows = compare.table(summary, compare.parse_args([]), {"pcx": [7], "pclab": [7]})
+    return {k.strip(): (a, b) for k, a, b in rows}
+
+
 def test_compare_reports_accuracy_over_seeds_and_counts_runs_that_collapsed():
     # One run per library is no comparison for a rule whose accuracy can collapse between two
     # epochs: the table gives the spread over seeds and the runs that ended far below their best.
@@ -186,7 +192,7 @@ def test_compare_reports_accuracy_over_seeds_and_counts_runs_that_collapsed():
     assert summary["accuracy_epochs"] == 4
     assert summary["pcx"]["collapsed_runs"] == 0  # pcx seed 1 fell by 0.32 at epoch 3 but recovered
     assert summary["pclab"]["collapsed_runs"] == 0  # pclab's collapses come at epoch 5, cut here
-    rows = {k.strip(): (a, b) for k, a, b in compare.table(summary, compare.parse_args([]), {"pcx": [7], "pclab": [7]})}
+    rows = _table_rows(compare, summary)
     assert rows["test acc after epoch 1, median (min-max) of seeds 0-2"] == ("0.8000 (0.6600-0.8400)",
                                                                            "0.8400 (0.8300-0.8500)")
     assert rows["test acc after epoch 4, median (min-max)"] == ("0.7900 (0.7900-0.8600)", "0.8400 (0.8200-0.8600)")
@@ -194,6 +200,6 @@ def test_compare_reports_accuracy_over_seeds_and_counts_runs_that_collapsed():
 
     accuracy["pclab"][2] = _fake_report(2, [0.85, 0.85, 0.70, 0.86, 0.86])
     summary = compare.summarise(timing, accuracy)
-    rows = {k.strip(): (a, b) for k, a, b in compare.table(summary, compare.parse_args([]), {"pcx": [7], "pclab": [7]})}
+    rows = _table_rows(compare, summary)
     assert rows["runs ending 10+ points below their best epoch"] == ("0 of 3", "2 of 3")
     assert rows["per seed after epoch 5"] == ("0.780, 0.790, 0.870", "0.210, 0.450, 0.860")

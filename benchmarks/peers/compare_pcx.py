@@ -210,17 +210,17 @@ def table(summary: dict, args: argparse.Namespace, n_timed: dict[str, list[int]]
     last = summary["accuracy_epochs"]
     if last:
         n = len(pcx["accuracy_seeds"])
-        at = {lib: summary[lib]["test_acc_per_seed"] for lib in LIBS}
+        curves = [s["test_acc_per_seed"] for s in (pcx, pclab)]
         rows += [
             (f"s per epoch after epoch 1, median over {n} run(s)", *both("epoch_s_median_after_first", ".2f")),
             ("  epoch 1 s (includes compile / capture), median", *both("epoch_1_s_median", ".2f")),
             (f"test acc after epoch 1, median (min-max) of seeds {_seeds(pcx['accuracy_seeds'])}",
-             *(_spread([c[0] for c in at[lib]]) for lib in LIBS)),
+             *(_spread([c[0] for c in runs]) for runs in curves)),
         ]
         if last > 1:
             rows += [
-                (f"test acc after epoch {last}, median (min-max)", *(_spread([c[-1] for c in at[lib]]) for lib in LIBS)),
-                (f"  per seed after epoch {last}", *(", ".join(f"{c[-1]:.3f}" for c in at[lib]) for lib in LIBS)),
+                (f"test acc after epoch {last}, median (min-max)", *(_spread([c[-1] for c in runs]) for runs in curves)),
+                (f"  per seed after epoch {last}", *(", ".join(f"{c[-1]:.3f}" for c in runs) for runs in curves)),
                 (f"  runs ending {COLLAPSE_DROP * 100:.0f}+ points below their best epoch",
                  *(f"{s['collapsed_runs']} of {n}" for s in (pcx, pclab))),
             ]

@@ -152,6 +152,13 @@ SUITES: dict[str, Suite] = {
                               config={**DEPTH, "optimizer": "sgd", "momentum": 0.9},
                               note=DEPTH_NOTE + "; SGD with momentum 0.9 in place of AdamW",
                               lr_grid=(3e-3, 1e-2, 3e-2), weight_decay_grid=(1e-3, 3e-3, 1e-2)),
+    # The suites above put pc's values at every layer, where a branch's output feeds every
+    # later block and inference's stable step shrinks with depth (tests/test_value_nodes.py);
+    # here each residual block is one unit, its value on the residual stream (as PCX and jpc).
+    "fmnist-depth-blocks": Suite("fashion-mnist", "fashion-mnist", "resnet", RESIDUAL_MLPS,
+                                 algorithms=("bp", "pc"), config={**DEPTH, "value_nodes": "blocks"},
+                                 note=DEPTH_NOTE + "; pc's value nodes on the residual stream, one per block "
+                                      "(`value_nodes: blocks`)"),
 }
 SMOKE = {"suite": "digits-mlp", "algorithms": ("bp", "pc"), "seeds": 1,
          "config": {"epochs": 1, "train_size": 200, "steps": 5}}

@@ -56,6 +56,8 @@ CASES = [
     ("resnet", {"depth": 2, "width": 8, "norm": "batch"}, (1, 8, 8)),
     ("resnet", {"kind": "conv", "depth": 2, "width": 4}, (1, 8, 8)),
     ("resnet", {"kind": "conv", "depth": 3, "width": 4, "norm": "batch"}, (3, 32, 32)),
+    ("resnet", {"depth": 16, "width": 8, "parametrization": "mupc"}, (1, 8, 8)),
+    ("resnet", {"kind": "conv", "depth": 2, "width": 4, "parametrization": "mupc"}, (1, 8, 8)),
     (
         "resnet",
         {"kind": "conv", "depth": 2, "width": 4, "norm": "layer", "activation": "leaky_relu"},
@@ -161,7 +163,7 @@ BAD_OPTIONS = [
         "resnet",
         {"variant": "vgg5"},
         (1, 8, 8),
-        "'variant'.*valid options: depth, width, activation, norm, kind",
+        "'variant'.*valid options: depth, width, activation, norm, parametrization, kind",
     ),
     ("mlp", {"width": 0}, (1, 8, 8), "width=0"),
     ("mlp", {"depth": 0}, (1, 8, 8), "depth=0"),
@@ -296,3 +298,33 @@ def test_residual_blocks_are_identity_when_branches_output_zero():
     x = torch.randn(BATCH, 6)
 
     torch.testing.assert_close(model(x), model.head(model.final(model.input(x))))
+
+
+def _stream_scale(parametrization: str, depth: int, width: int) -> float:
+    torch.manual_seed(0)
+    model = build("resnet", input_shape=(64,), num_classes=10, depth=depth, width=width,
+                  parametrization=parametrization)
+    with torch.no_grad():
+        return float(model.blocks(model.input(torch.rand(256, 64))).std())
+
+
+def test_mupc_keeps_the_residual_stream_at_one_scale_whatever_the_depth_and_width():
+    """Depth-muP's 1/sqrt(depth) on each branch: the stream's scale at initialisation
+    does not grow with depth, where torch's default init lets it grow geometrically."""
+    scales = [_stream_scale("mupc", d, w) for d in (2, 128) for w in (16, 128)]
+    assert max(scales) / min(scales) < 1.5
+    assert _stream_scale("standard", 128, 16) > 5 * _stream_scale("standard", 2, 16)
+
+
+def test_mupc_layers_are_bias_free_unit_gaussians_behind_fixed_multipliers():
+    torch.manual_seed(0)
+    model = build("resnet", input_shape=(1, 20, 20), num_classes=10, depth=64, width=256,
+                  parametrization="mupc")
+    first, last = model.blocks[0].branch[1], model.blocks[0].branch[3]
+    assert [m.multiplier for m in (model.input, first, last, model.head)] == pytest.approx(
+        [1 / 20, 1 / 16, 1 / 128, 1 / 256])
+    assert all(m.layer.bias is None for m in (model.input, first, last, model.head))
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert abs(float(weights.mean())) < 0.01 and abs(float(weights.std()) - 1) < 0.01
+    x = torch.randn(3, 1, 20, 20)
+    torch.testing.assert_close(model.input(x.flatten(1)), model.input.layer(x.flatten(1)) / 20)

@@ -63,6 +63,9 @@ Algorithm = Annotated[Optional[str], typer.Option(help="bp, exact, fpa, pc or in
 Loss = Annotated[Optional[str], typer.Option(help="Output loss: ce or mse.")]
 Steps = Annotated[Optional[int], typer.Option(help="Inference steps per batch.")]
 StepSize = Annotated[Optional[float], typer.Option(help="Inference step size [default: per algorithm].")]
+ValueNodes = Annotated[Optional[str], typer.Option(
+    help="Where value nodes go: layers (each layer's output) or blocks (the residual stream after each "
+    "block; deep resnets need it) [default: layers].")]
 Epochs = Annotated[Optional[int], typer.Option(help="Passes over the training set.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size.")]
 Optimizer = Annotated[Optional[str], typer.Option(help="adamw or sgd.")]
@@ -119,8 +122,8 @@ def train(
     config: ConfigFile = None, data: Data = None, data_dir: DataDir = None, train_size: TrainSize = None,
     label_noise: LabelNoise = None, model: Model = None, width: Width = None, depth: Depth = None,
     activation: Activation = None, model_option: ModelOption = None, algorithm: Algorithm = None,
-    loss: Loss = None, steps: Steps = None, step_size: StepSize = None, epochs: Epochs = None,
-    batch_size: BatchSize = None, optimizer: Optimizer = None, lr: Lr = None,
+    loss: Loss = None, steps: Steps = None, step_size: StepSize = None, value_nodes: ValueNodes = None,
+    epochs: Epochs = None, batch_size: BatchSize = None, optimizer: Optimizer = None, lr: Lr = None,
     weight_decay: WeightDecay = None, momentum: Momentum = None, seed: Seed = None,
     eval_every: EvalEvery = None, device: Device = None, threads: Threads = None,
     compile: Compile = None, compile_per_tick: CompilePerTick = False, out: Out = None,
@@ -140,7 +143,7 @@ def train(
     """
     flags = dict(data=data, data_dir=data_dir, train_size=train_size, label_noise=label_noise,
                  model=model, algorithm=algorithm, loss=loss, steps=steps, step_size=step_size,
-                 epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                 value_nodes=value_nodes, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                  weight_decay=weight_decay, momentum=momentum, seed=seed, eval_every=eval_every,
                  device=device, threads=threads, compile="tick" if compile_per_tick else compile, out=out)
     model_flags = dict(width=width, depth=depth, activation=activation)
@@ -181,7 +184,7 @@ def compare(
     config: ConfigFile = None, data: Data = None, data_dir: DataDir = None, train_size: TrainSize = None,
     label_noise: LabelNoise = None, model: Model = None, width: Width = None, depth: Depth = None,
     activation: Activation = None, model_option: ModelOption = None, loss: Loss = None,
-    steps: Steps = None, step_size: StepSize = None, epochs: Epochs = None,
+    steps: Steps = None, step_size: StepSize = None, value_nodes: ValueNodes = None, epochs: Epochs = None,
     batch_size: BatchSize = None, optimizer: Optimizer = None, lr: Lr = None,
     weight_decay: WeightDecay = None, momentum: Momentum = None, seed: Seed = None,
     eval_every: EvalEvery = None, device: Device = None, threads: Threads = None,
@@ -200,7 +203,7 @@ def compare(
       pclab compare --data digits --algorithms bp,exact,fpa,pc,incremental --seeds 3
     """
     flags = dict(data=data, data_dir=data_dir, train_size=train_size, label_noise=label_noise,
-                 model=model, loss=loss, steps=steps, step_size=step_size, epochs=epochs,
+                 model=model, loss=loss, steps=steps, step_size=step_size, value_nodes=value_nodes, epochs=epochs,
                  batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                  momentum=momentum, seed=seed, eval_every=eval_every, device=device,
                  threads=threads, compile="tick" if compile_per_tick else compile, out=out)

@@ -90,7 +90,10 @@ class PredictiveCoding:
         step_size: inference step on each example's own energy; defaults to 0.5 for
             ``"fpa"`` and 0.1 for ``"pc"``/``"incremental"`` (PCX's value SGD rate).
         value_nodes: where value nodes go: ``"layers"`` (each parametrised layer's
-            output), ``"all"`` (every floating intermediate) or a predicate on fx nodes.
+            output), ``"all"`` (every floating intermediate), a tuple of module
+            classes (each instance one unit, its output the value node: residual
+            blocks, e.g. :data:`pclab.models.BLOCKS`, put values on the residual
+            stream) or a predicate on fx nodes.
         leaf_modules: module classes kept opaque (one node each) instead of traced.
         compile: run inference and learning through ``torch.compile``. ``True`` (or
             ``"step"``): each step is one fused program per input shape; the first

@@ -50,7 +50,9 @@ from .errors import GraphCaptureError
 OUTPUT = "output"
 """Key of the output node in :attr:`CapturedGraph.parents` and per-node energies."""
 
-ValueNodePolicy = Union[Literal["layers", "all"], Callable[[fx.Node], bool]]
+ValueNodePolicy = Union[Literal["layers", "all"], Callable[[fx.Node], bool], tuple[type[nn.Module], ...]]
+
+_UNIT = "pclab_unit"  # fx node meta key: the module path of the unit whose output a value node is
 
 _INPLACE_FUNCTIONS = {
     operator.iadd: operator.add, operator.isub: operator.sub,
@@ -328,11 +330,17 @@ def _select(graph: fx.Graph, modules: dict[str, Any], floating: dict[str, bool],
                and floating.get(n.name, False) and n is not output and n in learnable]
     if policy == "all":
         return compute
+    if isinstance(policy, tuple) and all(isinstance(c, type) and issubclass(c, nn.Module) for c in policy):
+        return _unit_outputs(compute, modules, policy)
     if callable(policy):
         return [n for n in compute if policy(n)]
     if policy != "layers":
-        raise ValueError(f"unknown value_nodes policy {policy!r}; valid: 'layers', 'all', or a callable(node) -> bool")
+        raise ValueError(f"unknown value_nodes policy {policy!r}; valid: 'layers', 'all', a tuple of "
+                         "module classes, or a callable(node) -> bool")
+    return _layer_outputs(compute, modules)
 
+
+def _layer_outputs(compute: list[fx.Node], modules: dict[str, Any]) -> list[fx.Node]:
     def from_parametrised(n: fx.Node) -> bool:
         # A layer returning a tuple (LSTMCell, MultiheadAttention) gets value nodes on
         # the tensors unpacked from it.
@@ -345,6 +353,36 @@ def _select(graph: fx.Graph, modules: dict[str, Any], floating: dict[str, bool],
     return [n for n in compute if _is_parametrised(n, modules) or from_parametrised(n)]
 
 
+def _unit_outputs(compute: list[fx.Node], modules: dict[str, Any],
+                  units: tuple[type[nn.Module], ...]) -> list[fx.Node]:
+    """Each instance of a ``units`` class is one PC unit: a value node where its output
+    leaves it and none inside; layers outside every unit get theirs as under "layers".
+
+    Why: a value read by many later nodes (a residual stream's branch output feeds every
+    later block) gives the energy a curvature that grows with that fan-out, so inference
+    at a fixed step size diverges with depth; at the block outputs each value feeds one
+    block and the next sum, whatever the depth.
+    """
+    def unit(n: fx.Node) -> str | None:
+        # Outermost first: a unit nested in another belongs to the outer one.
+        for path, (_, cls) in n.meta.get("nn_module_stack", {}).items():
+            if isinstance(cls, type) and issubclass(cls, units):
+                return path
+        return None
+
+    layers = set(_layer_outputs(compute, modules))
+    chosen = []
+    for n in compute:
+        own = unit(n)
+        if own is None:
+            if n in layers:
+                chosen.append(n)
+        elif any(user.op == "output" or unit(user) != own for user in n.users):
+            n.meta[_UNIT] = own
+            chosen.append(n)
+    return chosen
+
+
 def _origin(node: fx.Node) -> str:
     if node.op == "call_module":
         return str(node.target)
@@ -353,15 +391,17 @@ def _origin(node: fx.Node) -> str:
 
 
 def _display_names(chosen: list[fx.Node]) -> dict[str, str]:
-    """Name value nodes after the module that made them (``"encoder.fc1"``), numbering
-    repeated calls of one module (``"cell"``, ``"cell#1"``, ...); other ops keep fx's name."""
+    """Name value nodes after the module that made them (``"encoder.fc1"``, or the unit
+    ``"blocks.3"``), numbering repeated calls of one module (``"cell"``, ``"cell#1"``,
+    ...); other ops keep fx's name."""
     calls: dict[str, int] = {}
     names: dict[str, str] = {}
     for n in chosen:
-        if n.op == "call_module":
-            k = calls.get(n.target, 0)
-            calls[n.target] = k + 1
-            names[n.name] = n.target if k == 0 else f"{n.target}#{k}"
+        module = n.target if n.op == "call_module" else n.meta.get(_UNIT)
+        if module is not None:
+            k = calls.get(module, 0)
+            calls[module] = k + 1
+            names[n.name] = module if k == 0 else f"{module}#{k}"
         else:
             names[n.name] = n.name
     return names
@@ -456,7 +496,11 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], *,
     e.g. a tied weight), so each layer is one PC unit and parameter-free ops
     (activations, residual sums, pooling, attention's softmax) belong to the
     prediction of the next node. ``"all"`` puts one at every floating-point
-    intermediate tensor. A callable ``policy(node) -> bool`` chooses among those.
+    intermediate tensor. A tuple of module classes makes each instance of them one
+    PC unit, with a value node at its output and none inside (layers outside every
+    unit as under ``"layers"``): residual blocks as units keep values on the
+    residual stream, as PCX and jpc place them. A callable ``policy(node) -> bool``
+    chooses among the floating intermediates.
 
     ``example_inputs`` are run once (no gradient, buffers and RNG left untouched) to
     learn which intermediate values are floating-point tensors.

@@ -42,6 +42,8 @@ __all__ = [
     "ResidualCNN",
     "ResidualOptions",
     "ResNetOptions",
+    "Parametrization",
+    "BLOCKS",
     "Transformer",
     "TransformerOptions",
     "RecurrentNet",
@@ -50,6 +52,7 @@ __all__ = [
 
 Activation = Literal["relu", "tanh", "sigmoid", "leaky_relu", "gelu"]
 Norm = Literal["none", "batch", "layer"]
+Parametrization = Literal["standard", "mupc"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -171,12 +174,17 @@ class VGGOptions(_Options):
 
 @dataclass(frozen=True)
 class ResidualOptions(_Options):
-    """Options of :class:`ResidualMLP` and :class:`ResidualCNN`: ``depth`` blocks of ``width`` features."""
+    """Options of :class:`ResidualMLP` and :class:`ResidualCNN`: ``depth`` blocks of ``width`` features.
+
+    ``parametrization="mupc"`` is Innocenti et al.'s (2025) muPC, a Depth-muP
+    parametrisation (see :class:`ResidualMLP`); ``"standard"`` is torch's default.
+    """
 
     depth: int = 8
     width: int = 64
     activation: Activation = "relu"
     norm: Norm = "none"
+    parametrization: Parametrization = "standard"
 
 
 @dataclass(frozen=True)
@@ -403,20 +411,58 @@ class _Residual(nn.Module):
         return x + self.branch(x)
 
 
-def _residual_trunk(
-    options: ResidualOptions, layer: Callable[[], nn.Module], *, conv: bool
-) -> tuple[nn.Sequential, nn.Sequential]:
-    """``depth`` pre-activation blocks, and the norm + activation to apply after the last one."""
+class _Scaled(nn.Module):
+    """``layer(multiplier * x)``: a bias-free layer with N(0, 1) weights behind a fixed multiplier.
 
-    def pre_activated() -> list[nn.Module]:
+    The multiplier scales the input rather than the output so that the layer's own
+    output, where the PC engine puts a value node, is the scaled activity muPC's
+    energy is written in; for a linear map without bias the two are equal.
+    """
+
+    def __init__(self, layer: nn.Module, multiplier: float) -> None:
+        super().__init__()
+        nn.init.normal_(layer.weight)
+        self.layer = layer
+        self.multiplier = multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x * self.multiplier)
+
+
+Layer = Callable[[bool], nn.Module]
+"""Makes one linear layer (``Linear`` or ``Conv2d``), with or without bias."""
+
+
+def _parametrised(options: ResidualOptions, make: Layer, multiplier: float) -> nn.Module:
+    """``make``'s layer under ``options.parametrization``: torch's default init, or
+    muPC's N(0, 1) weights without bias behind ``multiplier``."""
+    if options.parametrization == "standard":
+        return make(True)
+    return _Scaled(make(False), multiplier)
+
+
+def _residual_trunk(
+    options: ResidualOptions, make: Layer, fan_in: int, *, conv: bool
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """``depth`` pre-activation blocks of layers with ``fan_in`` inputs each, and the
+    norm + activation to apply after the last one.
+
+    Under muPC each layer sees its input at ``1/sqrt(fan_in)`` (unit-scale outputs from
+    unit-scale inputs) and each branch's last layer an extra ``1/sqrt(depth)``
+    (Depth-muP): the sum of ``depth`` branches then keeps unit scale however deep the
+    trunk, and so does the curvature of the PC energy that inference descends.
+    """
+
+    def pre_activated(multiplier: float) -> list[nn.Module]:
         return [
             *_norm(options.norm, options.width, conv=conv),
             _activation(options.activation),
-            layer(),
+            _parametrised(options, make, multiplier),
         ]
 
+    inner, outer = 1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in * options.depth)
     blocks = nn.Sequential(
-        *(_Residual(*pre_activated(), *pre_activated()) for _ in range(options.depth))
+        *(_Residual(*pre_activated(inner), *pre_activated(outer)) for _ in range(options.depth))
     )
     # Pre-activation blocks leave the last sum raw; He et al. normalise and
     # activate it once before the classifier.
@@ -424,6 +470,15 @@ def _residual_trunk(
         *_norm(options.norm, options.width, conv=conv), _activation(options.activation)
     )
     return blocks, final
+
+
+def _ends(options: ResidualOptions, make_input: Layer, input_fan_in: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """The input layer and the linear head. muP reads out at ``1/width``, not
+    ``1/sqrt(width)``: the head's output then starts near zero and its updates are
+    what move it (Yang & Hu 2021)."""
+    width = options.width
+    head = _parametrised(options, lambda bias: nn.Linear(width, num_classes, bias=bias), 1 / width)
+    return _parametrised(options, make_input, 1 / math.sqrt(input_fan_in)), head
 
 
 class ResidualMLP(nn.Module):
@@ -436,12 +491,24 @@ class ResidualMLP(nn.Module):
 
     (He et al. 2016, "Identity mappings in deep residual networks"), with
     :math:`N` the optional normalisation. The identity paths are what let
-    He et al. train very deep stacks (``depth`` 32, 64, ...); the branches are
-    not rescaled with depth.
+    He et al. train very deep stacks (``depth`` 32, 64, ...). In the standard
+    parametrisation (torch's default init) the branches are not rescaled with depth.
+
+    ``parametrization="mupc"`` is muPC (Innocenti, Achour & Buckley 2025, "muPC:
+    scaling predictive coding to 100+ layer networks"): every weight N(0, 1) and no
+    biases, each layer's input multiplied by ``1/sqrt(fan_in)``, each branch's last
+    layer by a further ``1/sqrt(depth)``, and the head by ``1/width``. It leaves what
+    the network can compute unchanged and changes how its scale and the PC energy's
+    curvature grow with depth and width, which is what lets PC train deep residual
+    networks (its authors train 128 layers; ``benchmarks/RESULTS.md`` has depth 64).
+    Their blocks have one layer; these keep He et al.'s two.
 
     >>> model = ResidualMLP((1, 28, 28), 10, ResidualOptions(depth=32, width=32))
     >>> model(torch.randn(4, 1, 28, 28)).shape
     torch.Size([4, 10])
+    >>> mupc = ResidualMLP((1, 28, 28), 10, ResidualOptions(depth=64, width=32, parametrization="mupc"))
+    >>> mupc.head.multiplier, mupc.head.layer.bias
+    (0.03125, None)
     """
 
     def __init__(
@@ -452,12 +519,13 @@ class ResidualMLP(nn.Module):
     ) -> None:
         super().__init__()
         shape = _checked_shape("ResidualMLP", input_shape, num_classes)
-        width = options.width
-        self.input = nn.Linear(math.prod(shape), width)
-        self.blocks, self.final = _residual_trunk(
-            options, lambda: nn.Linear(width, width), conv=False
+        width, features = options.width, math.prod(shape)
+        self.input, self.head = _ends(
+            options, lambda bias: nn.Linear(features, width, bias=bias), features, num_classes
         )
-        self.head = nn.Linear(width, num_classes)
+        self.blocks, self.final = _residual_trunk(
+            options, lambda bias: nn.Linear(width, width, bias=bias), width, conv=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.final(self.blocks(self.input(x.flatten(1)))))
@@ -470,7 +538,8 @@ class ResidualCNN(nn.Module):
     place of the linear maps, a 3x3 conv input projection to ``width``
     channels, and global average pooling before the linear head (He et al.
     2016, "Identity mappings in deep residual networks"). Without
-    downsampling any image size works.
+    downsampling any image size works. ``parametrization="mupc"`` scales it as
+    :class:`ResidualMLP` (a 3x3 convolution's fan-in is ``9 x channels``).
 
     >>> model = ResidualCNN((3, 32, 32), 10, ResidualOptions(depth=2, width=8, norm="batch"))
     >>> model(torch.randn(4, 3, 32, 32)).shape
@@ -486,11 +555,12 @@ class ResidualCNN(nn.Module):
         super().__init__()
         channels, _, _ = _image_shape("ResidualCNN", input_shape, num_classes)
         width = options.width
-        self.input = nn.Conv2d(channels, width, kernel_size=3, padding=1)
-        self.blocks, self.final = _residual_trunk(
-            options, lambda: nn.Conv2d(width, width, kernel_size=3, padding=1), conv=True
-        )
-        self.head = nn.Linear(width, num_classes)
+
+        def conv(inputs: int) -> Layer:
+            return lambda bias: nn.Conv2d(inputs, width, kernel_size=3, padding=1, bias=bias)
+
+        self.input, self.head = _ends(options, conv(channels), channels * 9, num_classes)
+        self.blocks, self.final = _residual_trunk(options, conv(width), width * 9, conv=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.final(self.blocks(self.input(x)))
@@ -640,6 +710,10 @@ class RecurrentNet(nn.Module):
 
 
 # ---------------------------------------------------------------- registry
+
+BLOCKS: tuple[type[nn.Module], ...] = (_Residual, _EncoderBlock)
+"""The zoo's residual blocks: as PC units (``value_nodes=BLOCKS``, ``TrainConfig(value_nodes="blocks")``)
+each gets one value node, on the residual stream after it."""
 
 
 def _resnet(input_shape: tuple[int, ...], num_classes: int, options: ResNetOptions) -> nn.Module:

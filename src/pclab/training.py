@@ -78,6 +78,7 @@ from . import models as model_lib
 from .algorithms import ALGORITHMS
 from .engine import StepResult, learner
 from .errors import DivergenceError
+from .graph import ValueNodePolicy
 
 __all__ = [
     "ALGORITHM_NAMES", "TrainConfig", "ConfigError", "RunFolderError", "RunDiverged",
@@ -139,6 +140,12 @@ class TrainConfig:
         loss: output loss, ``"ce"`` or ``"mse"``.
         steps: inference steps per batch (ignored by ``"bp"`` and ``"exact"``).
         step_size: inference step size (``None``: the algorithm's default).
+        value_nodes: where PC's value nodes go: ``"layers"`` (every parametrised
+            layer's output) or ``"blocks"`` (each residual or transformer block is one
+            unit, with a value node on the residual stream after it; see
+            :data:`pclab.models.BLOCKS`). Deep residual nets need ``"blocks"``: with
+            ``"layers"`` a branch's output feeds every later block, and inference at a
+            fixed step size diverges as depth grows.
         epochs: passes over the training set.
         batch_size: global batch size (split across processes when distributed).
         optimizer: ``"adamw"`` or ``"sgd"``.
@@ -176,6 +183,7 @@ class TrainConfig:
     loss: Literal["ce", "mse"] = "ce"
     steps: int = 20
     step_size: float | None = None
+    value_nodes: Literal["layers", "blocks"] = "layers"
     epochs: int = 30
     batch_size: int = 32
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -353,7 +361,7 @@ def make_config(*layers: Mapping[str, Any]) -> TrainConfig:
     {'width': 32, 'depth': 1}
     >>> make_config({"epoch": 2})
     Traceback (most recent call last):
-    pclab.training.ConfigError: unknown config key 'epoch'; valid keys: data, data_dir, train_size, label_noise, model, model_options, algorithm, loss, steps, step_size, epochs, batch_size, optimizer, lr, weight_decay, momentum, seed, eval_every, device, threads, compile, out
+    pclab.training.ConfigError: unknown config key 'epoch'; valid keys: data, data_dir, train_size, label_noise, model, model_options, algorithm, loss, steps, step_size, value_nodes, epochs, batch_size, optimizer, lr, weight_decay, momentum, seed, eval_every, device, threads, compile, out
     """
     valid = [f.name for f in dataclasses.fields(TrainConfig)]
     merged: dict[str, Any] = {}
@@ -593,6 +601,15 @@ def _load_data(config: TrainConfig) -> data_lib.Dataset:
         raise
     except ValueError as err:  # e.g. train_size larger than the dataset: the user's input
         raise ConfigError(f"data {config.data!r}: {err}") from None
+
+
+def _value_nodes(config: TrainConfig, model: nn.Module) -> ValueNodePolicy:
+    if config.value_nodes == "layers":
+        return "layers"
+    if not any(isinstance(m, model_lib.BLOCKS) for m in model.modules()):
+        raise ConfigError(f"config key 'value_nodes': 'blocks' needs a model made of residual blocks, and "
+                          f"model {config.model!r} has none; use 'layers' or a resnet or transformer")
+    return model_lib.BLOCKS
 
 
 def _build_model(config: TrainConfig, dataset: Any) -> nn.Module:
@@ -915,11 +932,12 @@ def _run(config: TrainConfig, procs: _Processes, *, resume: bool, overwrite: boo
         procs.on_rank0(lambda: loaded.append(_load_data(config)))
         dataset = loaded[0] if loaded else _load_data(config)
     model = _build_model(config, dataset).to(device)
+    value_nodes = _value_nodes(config, model)
     optimizer = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
                                lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum)
     try:
         step_fn = learner(model, config.algorithm, loss=config.loss, steps=config.steps,
-                          step_size=config.step_size, compile=config.compile)
+                          step_size=config.step_size, compile=config.compile, value_nodes=value_nodes)
     except ValueError as err:
         raise ConfigError(f"algorithm {config.algorithm!r}: {err}") from None
     out = procs.on_rank0(lambda: _prepare_folder(config, resume=resume, overwrite=overwrite))

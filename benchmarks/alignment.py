@@ -8,7 +8,8 @@ median and the largest ratio) for the median seed, and says whether ``pc``'s
 inference ended with more energy than it started (its step size overshot).
 
 Models: the speed table's MLP, CNN and transformer block, and residual MLPs (width
-128) of depth 8, 32 and 64, the accuracy table's depth rows. Settings: ``exact``;
+128) of depth 8, 32 and 64, the accuracy table's depth rows, each twice: with a value
+node at every layer, and ("(blocks)") one per residual block, on the stream. Settings: ``exact``;
 ``fpa`` at T = 20, step 0.5; ``pc`` at T = 20, steps 0.1 (the default) and 0.01.
 
     python benchmarks/alignment.py       # writes benchmarks/results/alignment.json
@@ -39,12 +40,13 @@ from speed import CASES  # noqa: E402  (the same MLP, CNN and transformer block)
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 IMAGE = (1, 28, 28)
 
+RESIDUAL: dict[str, Callable[[], nn.Module]] = {
+    f"residual mlp depth {d}": (lambda d=d: models.build("resnet", input_shape=IMAGE, num_classes=10,
+                                                       kind="mlp", depth=d, width=128))
+    for d in (8, 32, 64)}
+BLOCKS = {f"{name} (blocks)": build for name, build in RESIDUAL.items()}  # value_nodes=models.BLOCKS
 MODELS: dict[str, Callable[[], nn.Module]] = {
-    **{case.name: case.build for case in CASES if not case.name.startswith("residual")},
-    **{f"residual mlp depth {d}": (lambda d=d: models.build("resnet", input_shape=IMAGE, num_classes=10,
-                                                          kind="mlp", depth=d, width=128))
-       for d in (8, 32, 64)},
-}
+    **{case.name: case.build for case in CASES if not case.name.startswith("residual")}, **RESIDUAL, **BLOCKS}
 SETTINGS = [("exact", 1, None), ("fpa", 20, 0.5), ("pc", 20, 0.1), ("pc", 20, 0.01)]
 
 
@@ -62,7 +64,8 @@ def measure(name: str, algorithm: str, steps: int, step_size: float | None, seed
     model = MODELS[name]()
     with warnings.catch_warnings(record=True) as caught:  # pc's overshoot warning, recorded instead
         warnings.simplefilter("always", RuntimeWarning)
-        rows = pclab.align(model, x, y, loss="ce", algorithm=algorithm, steps=steps, step_size=step_size)
+        rows = pclab.align(model, x, y, loss="ce", algorithm=algorithm, steps=steps, step_size=step_size,
+                           value_nodes=models.BLOCKS if name in BLOCKS else "layers")
     weights = [r for r in rows if r.parameter.endswith("weight") and r.gradient_norm > 0]
     cosines, ratios = [r.cosine for r in weights], [r.norm_ratio for r in weights]
     return {"model": name, "algorithm": algorithm, "T": steps if algorithm != "exact" else None,
@@ -88,11 +91,11 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def table(summary: list[dict]) -> str:
-    head = f"{'model':<24}{'algorithm':<11}{'T':>4}{'step':>7}{'cos min':>9}{'cos med':>9}" \
+    head = f"{'model':<32}{'algorithm':<11}{'T':>4}{'step':>7}{'cos min':>9}{'cos med':>9}" \
            f"{'ratio med':>11}{'ratio max':>11}{'energy rose':>13}"
     lines = [head, "-" * len(head)]
     for s in summary:
-        lines.append(f"{s['model']:<24}{s['algorithm']:<11}{s['T'] or '':>4}{s['step_size'] or '':>7}"
+        lines.append(f"{s['model']:<32}{s['algorithm']:<11}{s['T'] or '':>4}{s['step_size'] or '':>7}"
                      f"{s['min_cosine']:>9.3f}{s['median_cosine']:>9.3f}{s['median_ratio']:>11.3g}"
                      f"{s['max_ratio']:>11.3g}{str(s['energy_rose_in']) + '/' + str(s['seeds']):>13}")
     return "\n".join(lines)

@@ -98,6 +98,9 @@ def test_bad_config_files_name_the_key(capsys, tmp_path, content, needle):
     (["-o", "widht=3"], "valid options: width, depth, activation, bias"),
     (["-o", "width=wide"], "width='wide'"),
     (["--train-size", "5000"], "train_size"),
+    (["--value-nodes", "units"], "expected one of 'layers', 'blocks'"),
+    (["--value-nodes", "blocks"], "'blocks' needs a model made of residual blocks"),
+    (["--model", "resnet", "-o", "parametrization=mup"], "one of 'standard', 'mupc'"),
 ])
 def test_bad_names_and_values_list_valid_ones(capsys, tmp_path, flags, needle):
     code, _, err = run(capsys, "train", *SMALL, *flags, "--out", tmp_path / "run")

@@ -429,11 +429,11 @@ class _Scaled(nn.Module):
         return self.layer(x * self.multiplier)
 
 
-Layer = Callable[[bool], nn.Module]
+_Layer = Callable[[bool], nn.Module]
 """Makes one linear layer (``Linear`` or ``Conv2d``), with or without bias."""
 
 
-def _parametrised(options: ResidualOptions, make: Layer, multiplier: float) -> nn.Module:
+def _parametrised(options: ResidualOptions, make: _Layer, multiplier: float) -> nn.Module:
     """``make``'s layer under ``options.parametrization``: torch's default init, or
     muPC's N(0, 1) weights without bias behind ``multiplier``."""
     if options.parametrization == "standard":
@@ -442,7 +442,7 @@ def _parametrised(options: ResidualOptions, make: Layer, multiplier: float) -> n
 
 
 def _residual_trunk(
-    options: ResidualOptions, make: Layer, fan_in: int, *, conv: bool
+    options: ResidualOptions, make: _Layer, fan_in: int, *, conv: bool
 ) -> tuple[nn.Sequential, nn.Sequential]:
     """``depth`` pre-activation blocks of layers with ``fan_in`` inputs each, and the
     norm + activation to apply after the last one.
@@ -450,7 +450,7 @@ def _residual_trunk(
     Under muPC each layer sees its input at ``1/sqrt(fan_in)`` (unit-scale outputs from
     unit-scale inputs) and each branch's last layer an extra ``1/sqrt(depth)``
     (Depth-muP): the sum of ``depth`` branches then keeps unit scale however deep the
-    trunk, and so does the curvature of the PC energy that inference descends.
+    trunk.
     """
 
     def pre_activated(multiplier: float) -> list[nn.Module]:
@@ -472,7 +472,9 @@ def _residual_trunk(
     return blocks, final
 
 
-def _ends(options: ResidualOptions, make_input: Layer, input_fan_in: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+def _ends(
+    options: ResidualOptions, make_input: _Layer, input_fan_in: int, num_classes: int
+) -> tuple[nn.Module, nn.Module]:
     """The input layer and the linear head. muP reads out at ``1/width``, not
     ``1/sqrt(width)``: the head's output then starts near zero and its updates are
     what move it (Yang & Hu 2021)."""
@@ -498,10 +500,11 @@ class ResidualMLP(nn.Module):
     scaling predictive coding to 100+ layer networks"): every weight N(0, 1) and no
     biases, each layer's input multiplied by ``1/sqrt(fan_in)``, each branch's last
     layer by a further ``1/sqrt(depth)``, and the head by ``1/width``. It leaves what
-    the network can compute unchanged and changes how its scale and the PC energy's
-    curvature grow with depth and width, which is what lets PC train deep residual
-    networks (its authors train 128 layers; ``benchmarks/RESULTS.md`` has depth 64).
-    Their blocks have one layer; these keep He et al.'s two.
+    the network can compute unchanged and keeps the residual stream at one scale
+    whatever the depth and width. Its authors train 128 layers with PC, their values
+    on the residual stream: here ``value_nodes=BLOCKS``; with a value at every layer
+    inference still diverges with depth (``tests/test_value_nodes.py``). Their blocks
+    have one layer; these keep He et al.'s two.
 
     >>> model = ResidualMLP((1, 28, 28), 10, ResidualOptions(depth=32, width=32))
     >>> model(torch.randn(4, 1, 28, 28)).shape
@@ -556,7 +559,7 @@ class ResidualCNN(nn.Module):
         channels, _, _ = _image_shape("ResidualCNN", input_shape, num_classes)
         width = options.width
 
-        def conv(inputs: int) -> Layer:
+        def conv(inputs: int) -> _Layer:
             return lambda bias: nn.Conv2d(inputs, width, kernel_size=3, padding=1, bias=bias)
 
         self.input, self.head = _ends(options, conv(channels), channels * 9, num_classes)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Union
@@ -363,6 +364,7 @@ def _unit_outputs(compute: list[fx.Node], modules: dict[str, Any],
     at a fixed step size diverges with depth; at the block outputs each value feeds one
     block and the next sum, whatever the depth.
     """
+    @functools.cache  # asked once for a node itself and once for each node that reads it
     def unit(n: fx.Node) -> str | None:
         # Outermost first: a unit nested in another belongs to the outer one.
         for path, (_, cls) in n.meta.get("nn_module_stack", {}).items():
